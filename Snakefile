@@ -1,0 +1,23 @@
+# Attribute-controllable virtual-human faces from a pretrained StyleGAN.
+# Run: snakemake --cores 8 --resources gpu=1   (config/config.yaml is the synthetic face world)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/generate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,83 @@
+"""Stage 1: draw images from a generator and keep every image's seed, z and w (and, in the synthetic world, truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from vhuman import synthetic
+from vhuman.generators import truncate
+from vhuman.io import save_png, to_uint8, vectors_column, write_parquet_atomic
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def image_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def latent_for_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """z ~ N(0, I) from the image's own seed, so any single image can be redrawn alone."""
+    return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def generate_images(generator: torch.nn.Module, num_images: int, base_seed: int, images_dir: str | Path,
+                    latents_path: str | Path, truncation_psi: float = 1.0, truncation_layers: int | None = None,
+                    batch_size: int = 64, device: str = "auto", truth_path: str | Path | None = None,
+                    truth_masks_dir: str | Path | None = None, progress: bool = True) -> None:
+    """Write ``images_dir/{image_id}.png`` and ``latents_path`` (image_id, seed, z, w) for images 0..N-1.
+
+    Image i uses seed ``base_seed + i``. With a synthetic generator and ``truth_path`` the exact truth of every
+    image (properties, gender, quality) and its label map (``truth_masks_dir``) are written too.
+    """
+    dev = pick_device(device)
+    generator = generator.to(dev).eval()
+    want_truth = truth_path is not None
+    if want_truth and not hasattr(generator, "synthesis_with_truth"):
+        raise ValueError("truth can only be written for the synthetic world's generator")
+    images_dir = Path(images_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    if truth_masks_dir is not None:
+        Path(truth_masks_dir).mkdir(parents=True, exist_ok=True)
+    ids, seeds, zs, ws, truth_rows = [], [], [], [], {name: [] for name in synthetic.TRUTH_NAMES}
+    with torch.inference_mode():
+        for start in tqdm(range(0, num_images, batch_size), desc="generate", unit="batch", disable=not progress):
+            idx = range(start, min(start + batch_size, num_images))
+            batch_seeds = [base_seed + i for i in idx]
+            z = torch.stack([latent_for_seed(s, generator.z_dim) for s in batch_seeds]).to(dev)
+            w = generator.mapping(z)
+            wp = truncate(w, generator.w_avg, generator.num_layers, truncation_psi, truncation_layers)
+            if want_truth:
+                rendered = generator.synthesis_with_truth(wp)
+                images = rendered.images
+                for name in synthetic.TRUTH_NAMES:
+                    truth_rows[name].append(rendered.truth[name].cpu().numpy())
+            else:
+                images = generator.synthesis(wp)
+            for k, (i, rgb) in enumerate(zip(idx, to_uint8(images))):
+                save_png(rgb, images_dir / f"{image_id(i)}.png")
+                if want_truth and truth_masks_dir is not None:
+                    save_png(rendered.labels[k].cpu().numpy(), Path(truth_masks_dir) / f"{image_id(i)}.png",
+                             palette=synthetic.LABEL_PALETTE)
+            ids.extend(image_id(i) for i in idx)
+            seeds.extend(batch_seeds)
+            zs.append(z.cpu().numpy())
+            ws.append(w.float().cpu().numpy())
+    table = pa.table({"image_id": pa.array(ids), "seed": pa.array(seeds, pa.int64()),
+                      "z": vectors_column(np.concatenate(zs)), "w": vectors_column(np.concatenate(ws))})
+    table = table.replace_schema_metadata({"truncation_psi": str(truncation_psi),
+                                           "truncation_layers": str(truncation_layers)})
+    if want_truth:
+        truth = pa.table({"image_id": pa.array(ids),
+                          **{name: pa.array(np.concatenate(truth_rows[name]).astype(np.float32))
+                             for name in synthetic.TRUTH_NAMES}})
+        write_parquet_atomic(truth, truth_path)
+    write_parquet_atomic(table, latents_path)

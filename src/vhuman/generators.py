@@ -1,0 +1,164 @@
+"""Generators behind one interface, and their checkpoint files.
+
+Every generator has ``z_dim``, ``w_dim``, ``num_layers``, ``resolution``, a ``w_avg`` buffer,
+``mapping(z) -> w`` and ``synthesis(wp) -> image`` with wp of shape [N, num_layers, w_dim] and images RGB in
+[-1, 1]. ``SyntheticGenerator`` draws from the synthetic face world; ``vhuman.stylegan.StyleGANGenerator`` is
+GenForce's StyleGAN. The generate stage and the fine-tune only use this interface.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vhuman import synthetic
+from vhuman.io import CheckpointError, load_torch_file, save_torch_atomic
+
+SYNTHETIC_KIND = "vhuman-synthetic-generator"
+
+# Which per-layer code drives which render parameter: pose and shape on the coarse layers, colours on the fine
+# ones, as in StyleGAN, so truncation and style mixing behave alike.
+SYNTHETIC_LAYER_OF = {
+    0: ("face_pose", "face_scale", "face_x", "face_y", "gender", "jaw"),
+    1: ("hair_length", "hair_volume", "fringe", "ear_size", "neck_width"),
+    2: ("eyes", "brow_thick", "brow_tilt", "eye_size", "nose_size"),
+    3: ("mouth", "lip_full", "stubble", "quality"),
+    4: ("hair_color", "hair_hue", "hair_sat", "skin_light", "skin_hue", "lip_red", "iris_dark", "brow_light",
+        "strand_phase"),
+    5: ("background_light", "background_std", "bg_hue", "bg_sat", "bg_freq", "bg_angle", "bg_phase", "cloth_hue",
+        "cloth_light"),
+}
+
+
+def truncate(w: torch.Tensor, w_avg: torch.Tensor, num_layers: int, psi: float = 1.0,
+             layers: int | None = None) -> torch.Tensor:
+    """Repeat w [N, w_dim] to wp [N, num_layers, w_dim] and pull the first ``layers`` towards ``w_avg``."""
+    wp = w.unsqueeze(1).repeat(1, num_layers, 1)
+    if psi != 1.0 and (layers is None or layers > 0):
+        cut = num_layers if layers is None else min(layers, num_layers)
+        trunc = w_avg.view(1, 1, -1) + (wp[:, :cut] - w_avg.view(1, 1, -1)) * psi
+        wp = torch.cat([trunc, wp[:, cut:]], dim=1)
+    return wp
+
+
+class SyntheticGenerator(nn.Module):
+    """A seeded, frozen stand-in for a pretrained GAN that draws from the synthetic face world.
+
+    The mapping is a random 4-layer MLP; the synthesis reaches the renderer's parameters through a fixed random
+    non-linear map of the per-layer codes, so no property lies on one axis of z or w.
+    """
+
+    def __init__(self, resolution: int = 64, seed: int = 0, z_dim: int = 512, w_dim: int = 512,
+                 num_layers: int = 6, hidden: int = 64, mapping_layers: int = 4):
+        super().__init__()
+        self.resolution, self.seed = int(resolution), int(seed)
+        self.z_dim, self.w_dim, self.num_layers, self.hidden = z_dim, w_dim, num_layers, hidden
+        self.mapping_layers = mapping_layers
+        g = torch.Generator().manual_seed(self.seed)
+        self.mapping_net = nn.ModuleList(nn.Linear(z_dim if i == 0 else w_dim, w_dim) for i in range(mapping_layers))
+        self.entangle = nn.ModuleList(nn.Linear(w_dim, hidden) for _ in range(num_layers))
+        self.readout = nn.ModuleList(nn.Linear(hidden, len(names), bias=False)
+                                     for names in SYNTHETIC_LAYER_OF.values())
+        with torch.no_grad():
+            for lin in self.mapping_net:
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * math.sqrt(2.0 / 1.04 / lin.in_features))
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
+            for lin in self.entangle:
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * (1.5 / math.sqrt(w_dim)))
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.3)
+            for lin in self.readout:
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / math.sqrt(hidden))
+        order = [name for names in SYNTHETIC_LAYER_OF.values() for name in names]
+        self.register_buffer("raw_order", torch.tensor([synthetic.PARAM_INDEX[n] for n in order]))
+        self.register_buffer("raw_mean", torch.zeros(len(order)))
+        self.register_buffer("raw_std", torch.ones(len(order)))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.requires_grad_(False)
+        self._calibrate(g)
+
+    @torch.no_grad()
+    def _calibrate(self, g: torch.Generator, n: int = 8192) -> None:
+        # Standardise each raw parameter so the world's marginals do not depend on the random weights.
+        z = torch.randn(n, self.z_dim, generator=g)
+        w = self.mapping(z)
+        raw = self._raw(truncate(w, w, self.num_layers))
+        self.raw_mean.copy_(raw.mean(0))
+        self.raw_std.copy_(raw.std(0))
+        self.w_avg.copy_(w.mean(0))
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+        for lin in self.mapping_net:
+            x = F.leaky_relu(lin(x), 0.2)
+        return x
+
+    def _raw(self, wp: torch.Tensor) -> torch.Tensor:
+        parts = [readout(torch.tanh(ent(wp[:, layer])))
+                 for layer, (ent, readout) in enumerate(zip(self.entangle, self.readout))]
+        return torch.cat(parts, dim=1)
+
+    def render_params(self, wp: torch.Tensor) -> torch.Tensor:
+        """Per-layer codes [N, L, w_dim] -> render parameters [N, len(PARAM_NAMES)] (differentiable)."""
+        s = (self._raw(wp) - self.raw_mean) / self.raw_std
+        col = synthetic.PARAM_INDEX
+        z = torch.empty(s.shape[0], len(synthetic.PARAM_NAMES), device=s.device, dtype=s.dtype)
+        z[:, self.raw_order] = s
+
+        def uniform(name, shift=0.0):
+            return torch.sigmoid(1.7 * z[:, col[name]] + shift)
+
+        female = torch.sigmoid(6.0 * z[:, col["gender"]])
+        sign = 2 * female - 1
+        p = torch.sigmoid(1.7 * z)  # nuisance parameters: about uniform on (0, 1)
+        out = {name: p[:, i] for i, name in enumerate(synthetic.PARAM_NAMES)}
+        out["gender"] = female
+        out["hair_length"] = uniform("hair_length", 1.3 * sign)
+        out["jaw"] = uniform("jaw", -1.5 * sign)
+        out["brow_thick"] = uniform("brow_thick", -1.2 * sign)
+        out["lip_red"] = uniform("lip_red", 1.2 * sign)
+        out["lip_full"] = uniform("lip_full", 0.8 * sign)
+        out["stubble"] = uniform("stubble", -0.5) * (1 - female)
+        out["face_scale"] = uniform("face_scale", -0.6 * sign)
+        out["face_pose"] = 2 * uniform("face_pose") - 1
+        out["hair_color"] = 0.05 + 0.9 * uniform("hair_color")
+        low, high = synthetic.background_light_range(out["background_std"])
+        out["background_light"] = low + (high - low) * uniform("background_light")
+        out["quality"] = torch.sigmoid(8.0 * (z[:, col["quality"]] + 1.645))  # about 5 % below 0.5
+        return torch.stack([out[name] for name in synthetic.PARAM_NAMES], dim=1)
+
+    def synthesis(self, wp: torch.Tensor) -> torch.Tensor:
+        return synthetic.render_faces(self.render_params(wp), self.resolution).images
+
+    def synthesis_with_truth(self, wp: torch.Tensor) -> synthetic.RenderedFaces:
+        return synthetic.render_faces(self.render_params(wp), self.resolution)
+
+    def settings(self) -> dict:
+        return {"resolution": self.resolution, "seed": self.seed, "z_dim": self.z_dim, "w_dim": self.w_dim,
+                "num_layers": self.num_layers, "hidden": self.hidden, "mapping_layers": self.mapping_layers}
+
+
+def save_synthetic_generator(generator: SyntheticGenerator, path: str | Path) -> None:
+    save_torch_atomic({"kind": SYNTHETIC_KIND, "settings": generator.settings(),
+                       "generator": generator.state_dict()}, path)
+
+
+def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
+    """Load any generator checkpoint this project knows: ours (synthetic) or GenForce StyleGAN files."""
+    ckpt = load_torch_file(path, what="generator checkpoint")
+    if kind in ("auto", "synthetic") and isinstance(ckpt, dict) and ckpt.get("kind") == SYNTHETIC_KIND:
+        gen = SyntheticGenerator(**ckpt["settings"])
+        try:
+            gen.load_state_dict(ckpt["generator"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: synthetic generator weights do not match its settings: {exc}") from exc
+        return gen.eval()
+    if kind == "synthetic":
+        raise CheckpointError(f"{path}: not a synthetic-world generator checkpoint (kind {ckpt.get('kind')!r}); "
+                              "rebuild it with `snakemake results/models/synthetic_generator.pth`")
+    from vhuman.stylegan import generator_from_checkpoint  # GenForce files and bare state dicts
+
+    return generator_from_checkpoint(ckpt, path)

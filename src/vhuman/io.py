@@ -1,0 +1,176 @@
+"""Files on disk: atomic writes, checkpoints, images and Parquet tables.
+
+Everything a stage writes goes to a temporary file beside its target and is renamed into place, so a crash
+never leaves a half-written artifact that Snakemake would take for finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+
+class CheckpointError(RuntimeError):
+    """A weights file is missing, damaged or of the wrong network; the message names the file and the fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_torch_atomic(obj, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint"):
+    """``torch.load`` with ``weights_only=True`` on CPU, turning every failure into one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found. Put the file there (see README, 'Real weights') "
+                              "or let the workflow's download rule fetch it.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: {what} is empty; delete it and download it again.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read this {what} (truncated or not a PyTorch file: {first}); "
+                              "delete it and download it again.") from exc
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] RGB in [-1, 1] -> [N, H, W, 3] uint8, rounding as GenForce does (x + 1) * 127.5 + 0.5."""
+    x = ((images.detach().float().cpu() + 1) * 127.5 + 0.5).clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> None:
+    """Write an RGB [H, W, 3] or label [H, W] uint8 array as PNG (label maps as palette PNGs), atomically."""
+    img = Image.fromarray(array)
+    if palette is not None:
+        img.putpalette(palette.astype(np.uint8).flatten().tolist())  # an "L" image becomes "P", values kept
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_label_map(path: str | Path) -> np.ndarray:
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise ValueError(f"{path}: a label map must be a palette or greyscale PNG, not {img.mode}")
+        return np.asarray(img)
+
+
+def vectors_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """[N, D] float array -> Arrow fixed-size list column (D per row)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def column_vectors(table: pa.Table, name: str) -> np.ndarray:
+    """Arrow fixed-size list column -> [N, D] float32 array."""
+    col = table.column(name).combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """Stop with a clear error when a file's sha256 differs from the one recorded in the config."""
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual.lower() != expected.lower():
+        raise CheckpointError(f"{path}: sha256 {actual} does not match the config's {expected}. The file is "
+                              "damaged or a different release; download it again, or record the hash of the copy "
+                              "you trust in the config.")
+
+
+def download_file(url: str, path: str | Path, sha256: str = "", timeout: float = 60.0) -> None:
+    """Download ``url`` to ``path`` (atomically), then check its sha256 when one is given."""
+    import urllib.request
+
+    if not url:
+        raise CheckpointError(f"{path}: no download URL is configured; place the file there by hand.")
+    with atomic_path(path) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: download from {url} failed ({exc}). Download it in a browser and "
+                                  "save it at this path, then rerun.") from exc
+        verify_sha256(tmp, sha256)
+
+
+class Tee:
+    """A text stream that writes to several streams: a rule's log file and the terminal."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+            s.flush()
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def logging_to(path: str | Path | None) -> Iterator[None]:
+    """Copy stderr (progress bars, warnings) into a rule's log file while keeping it on the terminal."""
+    import sys
+
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as log:
+        old, sys.stderr = sys.stderr, Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stderr = old

@@ -29,10 +29,20 @@ def latent_for_seed(seed: int, z_dim: int) -> torch.Tensor:
     return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
 
 
-def generate_images(generator: torch.nn.Module, num_images: int, base_seed: int, images_dir: str | Path,
-                    latents_path: str | Path, truncation_psi: float = 1.0, truncation_layers: int | None = None,
-                    batch_size: int = 64, device: str = "auto", truth_path: str | Path | None = None,
-                    truth_masks_dir: str | Path | None = None, progress: bool = True) -> None:
+def generate_images(
+    generator: torch.nn.Module,
+    num_images: int,
+    base_seed: int,
+    images_dir: str | Path,
+    latents_path: str | Path,
+    truncation_psi: float = 1.0,
+    truncation_layers: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    truth_path: str | Path | None = None,
+    truth_masks_dir: str | Path | None = None,
+    progress: bool = True,
+) -> None:
     """Write ``images_dir/{image_id}.png`` and ``latents_path`` (image_id, seed, z, w) for images 0..N-1.
 
     Image i uses seed ``base_seed + i``. With a synthetic generator and ``truth_path`` the exact truth of every
@@ -62,22 +72,38 @@ def generate_images(generator: torch.nn.Module, num_images: int, base_seed: int,
                     truth_rows[name].append(rendered.truth[name].cpu().numpy())
             else:
                 images = generator.synthesis(wp)
-            for k, (i, rgb) in enumerate(zip(idx, to_uint8(images))):
+            for k, (i, rgb) in enumerate(zip(idx, to_uint8(images), strict=True)):
                 save_png(rgb, images_dir / f"{image_id(i)}.png")
                 if want_truth and truth_masks_dir is not None:
-                    save_png(rendered.labels[k].cpu().numpy(), Path(truth_masks_dir) / f"{image_id(i)}.png",
-                             palette=synthetic.LABEL_PALETTE)
+                    save_png(
+                        rendered.labels[k].cpu().numpy(),
+                        Path(truth_masks_dir) / f"{image_id(i)}.png",
+                        palette=synthetic.LABEL_PALETTE,
+                    )
             ids.extend(image_id(i) for i in idx)
             seeds.extend(batch_seeds)
             zs.append(z.cpu().numpy())
             ws.append(w.float().cpu().numpy())
-    table = pa.table({"image_id": pa.array(ids), "seed": pa.array(seeds, pa.int64()),
-                      "z": vectors_column(np.concatenate(zs)), "w": vectors_column(np.concatenate(ws))})
-    table = table.replace_schema_metadata({"truncation_psi": str(truncation_psi),
-                                           "truncation_layers": str(truncation_layers)})
+    table = pa.table(
+        {
+            "image_id": pa.array(ids),
+            "seed": pa.array(seeds, pa.int64()),
+            "z": vectors_column(np.concatenate(zs)),
+            "w": vectors_column(np.concatenate(ws)),
+        }
+    )
+    table = table.replace_schema_metadata(
+        {"truncation_psi": str(truncation_psi), "truncation_layers": str(truncation_layers)}
+    )
     if want_truth:
-        truth = pa.table({"image_id": pa.array(ids),
-                          **{name: pa.array(np.concatenate(truth_rows[name]).astype(np.float32))
-                             for name in synthetic.TRUTH_NAMES}})
+        truth = pa.table(
+            {
+                "image_id": pa.array(ids),
+                **{
+                    name: pa.array(np.concatenate(truth_rows[name]).astype(np.float32))
+                    for name in synthetic.TRUTH_NAMES
+                },
+            }
+        )
         write_parquet_atomic(truth, truth_path)
     write_parquet_atomic(table, latents_path)

@@ -27,15 +27,34 @@ SYNTHETIC_LAYER_OF = {
     1: ("hair_length", "hair_volume", "fringe", "ear_size", "neck_width"),
     2: ("eyes", "brow_thick", "brow_tilt", "eye_size", "nose_size"),
     3: ("mouth", "lip_full", "stubble", "quality"),
-    4: ("hair_color", "hair_hue", "hair_sat", "skin_light", "skin_hue", "lip_red", "iris_dark", "brow_light",
-        "strand_phase"),
-    5: ("background_light", "background_std", "bg_hue", "bg_sat", "bg_freq", "bg_angle", "bg_phase", "cloth_hue",
-        "cloth_light"),
+    4: (
+        "hair_color",
+        "hair_hue",
+        "hair_sat",
+        "skin_light",
+        "skin_hue",
+        "lip_red",
+        "iris_dark",
+        "brow_light",
+        "strand_phase",
+    ),
+    5: (
+        "background_light",
+        "background_std",
+        "bg_hue",
+        "bg_sat",
+        "bg_freq",
+        "bg_angle",
+        "bg_phase",
+        "cloth_hue",
+        "cloth_light",
+    ),
 }
 
 
-def truncate(w: torch.Tensor, w_avg: torch.Tensor, num_layers: int, psi: float = 1.0,
-             layers: int | None = None) -> torch.Tensor:
+def truncate(
+    w: torch.Tensor, w_avg: torch.Tensor, num_layers: int, psi: float = 1.0, layers: int | None = None
+) -> torch.Tensor:
     """Repeat w [N, w_dim] to wp [N, num_layers, w_dim] and pull the first ``layers`` towards ``w_avg``."""
     wp = w.unsqueeze(1).repeat(1, num_layers, 1)
     if psi != 1.0 and (layers is None or layers > 0):
@@ -52,8 +71,16 @@ class SyntheticGenerator(nn.Module):
     non-linear map of the per-layer codes, so no property lies on one axis of z or w.
     """
 
-    def __init__(self, resolution: int = 64, seed: int = 0, z_dim: int = 512, w_dim: int = 512,
-                 num_layers: int = 6, hidden: int = 64, mapping_layers: int = 4):
+    def __init__(
+        self,
+        resolution: int = 64,
+        seed: int = 0,
+        z_dim: int = 512,
+        w_dim: int = 512,
+        num_layers: int = 6,
+        hidden: int = 64,
+        mapping_layers: int = 4,
+    ):
         super().__init__()
         self.resolution, self.seed = int(resolution), int(seed)
         self.z_dim, self.w_dim, self.num_layers, self.hidden = z_dim, w_dim, num_layers, hidden
@@ -61,8 +88,7 @@ class SyntheticGenerator(nn.Module):
         g = torch.Generator().manual_seed(self.seed)
         self.mapping_net = nn.ModuleList(nn.Linear(z_dim if i == 0 else w_dim, w_dim) for i in range(mapping_layers))
         self.entangle = nn.ModuleList(nn.Linear(w_dim, hidden) for _ in range(num_layers))
-        self.readout = nn.ModuleList(nn.Linear(hidden, len(names), bias=False)
-                                     for names in SYNTHETIC_LAYER_OF.values())
+        self.readout = nn.ModuleList(nn.Linear(hidden, len(names), bias=False) for names in SYNTHETIC_LAYER_OF.values())
         with torch.no_grad():
             for lin in self.mapping_net:
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * math.sqrt(2.0 / 1.04 / lin.in_features))
@@ -97,8 +123,10 @@ class SyntheticGenerator(nn.Module):
         return x
 
     def _raw(self, wp: torch.Tensor) -> torch.Tensor:
-        parts = [readout(torch.tanh(ent(wp[:, layer])))
-                 for layer, (ent, readout) in enumerate(zip(self.entangle, self.readout))]
+        parts = [
+            readout(torch.tanh(ent(wp[:, layer])))
+            for layer, (ent, readout) in enumerate(zip(self.entangle, self.readout, strict=True))
+        ]
         return torch.cat(parts, dim=1)
 
     def render_params(self, wp: torch.Tensor) -> torch.Tensor:
@@ -137,13 +165,21 @@ class SyntheticGenerator(nn.Module):
         return synthetic.render_faces(self.render_params(wp), self.resolution)
 
     def settings(self) -> dict:
-        return {"resolution": self.resolution, "seed": self.seed, "z_dim": self.z_dim, "w_dim": self.w_dim,
-                "num_layers": self.num_layers, "hidden": self.hidden, "mapping_layers": self.mapping_layers}
+        return {
+            "resolution": self.resolution,
+            "seed": self.seed,
+            "z_dim": self.z_dim,
+            "w_dim": self.w_dim,
+            "num_layers": self.num_layers,
+            "hidden": self.hidden,
+            "mapping_layers": self.mapping_layers,
+        }
 
 
 def save_synthetic_generator(generator: SyntheticGenerator, path: str | Path) -> None:
-    save_torch_atomic({"kind": SYNTHETIC_KIND, "settings": generator.settings(),
-                       "generator": generator.state_dict()}, path)
+    save_torch_atomic(
+        {"kind": SYNTHETIC_KIND, "settings": generator.settings(), "generator": generator.state_dict()}, path
+    )
 
 
 def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
@@ -157,8 +193,10 @@ def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
             raise CheckpointError(f"{path}: synthetic generator weights do not match its settings: {exc}") from exc
         return gen.eval()
     if kind == "synthetic":
-        raise CheckpointError(f"{path}: not a synthetic-world generator checkpoint (kind {ckpt.get('kind')!r}); "
-                              "rebuild it with `snakemake results/models/synthetic_generator.pth`")
+        raise CheckpointError(
+            f"{path}: not a synthetic-world generator checkpoint (kind {ckpt.get('kind')!r}); "
+            "rebuild it with `snakemake results/models/synthetic_generator.pth`"
+        )
     from vhuman.stylegan import generator_from_checkpoint  # GenForce files and bare state dicts
 
     return generator_from_checkpoint(ckpt, path)

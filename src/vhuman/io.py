@@ -50,16 +50,20 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
     """``torch.load`` with ``weights_only=True`` on CPU, turning every failure into one clear CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found. Put the file there (see README, 'Real weights') "
-                              "or let the workflow's download rule fetch it.")
+        raise CheckpointError(
+            f"{path}: {what} not found. Put the file there (see README, 'Real weights') "
+            "or let the workflow's download rule fetch it."
+        )
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: {what} is empty; delete it and download it again.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot read this {what} (truncated or not a PyTorch file: {first}); "
-                              "delete it and download it again.") from exc
+        raise CheckpointError(
+            f"{path}: cannot read this {what} (truncated or not a PyTorch file: {first}); "
+            "delete it and download it again."
+        ) from exc
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -120,9 +124,11 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         return
     actual = sha256_file(path)
     if actual.lower() != expected.lower():
-        raise CheckpointError(f"{path}: sha256 {actual} does not match the config's {expected}. The file is "
-                              "damaged or a different release; download it again, or record the hash of the copy "
-                              "you trust in the config.")
+        raise CheckpointError(
+            f"{path}: sha256 {actual} does not match the config's {expected}. The file is "
+            "damaged or a different release; download it again, or record the hash of the copy "
+            "you trust in the config."
+        )
 
 
 def download_file(url: str, path: str | Path, sha256: str = "", timeout: float = 60.0) -> None:
@@ -137,8 +143,10 @@ def download_file(url: str, path: str | Path, sha256: str = "", timeout: float =
                 while block := resp.read(1 << 20):
                     out.write(block)
         except OSError as exc:
-            raise CheckpointError(f"{path}: download from {url} failed ({exc}). Download it in a browser and "
-                                  "save it at this path, then rerun.") from exc
+            raise CheckpointError(
+                f"{path}: download from {url} failed ({exc}). Download it in a browser and "
+                "save it at this path, then rerun."
+            ) from exc
         verify_sha256(tmp, sha256)
 
 

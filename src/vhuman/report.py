@@ -17,7 +17,7 @@ def image_grid(images: list[np.ndarray], rows: int, cols: int, pad: int = 2) -> 
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for k, img in enumerate(images[: rows * cols]):
         r, c = divmod(k, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return canvas
 
 

@@ -18,26 +18,87 @@ import torch
 import torch.nn.functional as F
 
 CLASS_NAMES = (
-    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
-    "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
 )
 CLASS_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
 # Colours of the classes in palette PNG masks, so a mask can be read by eye.
-LABEL_PALETTE = np.array([
-    [0, 0, 0], [204, 153, 102], [102, 51, 0], [153, 76, 0], [0, 102, 255], [0, 204, 255], [255, 255, 0],
-    [255, 102, 153], [255, 51, 102], [255, 215, 0], [204, 0, 0], [51, 0, 51], [255, 0, 102], [153, 0, 51],
-    [255, 204, 153], [192, 192, 192], [0, 153, 76], [85, 43, 150], [255, 128, 0],
-], dtype=np.uint8)
+LABEL_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [204, 153, 102],
+        [102, 51, 0],
+        [153, 76, 0],
+        [0, 102, 255],
+        [0, 204, 255],
+        [255, 255, 0],
+        [255, 102, 153],
+        [255, 51, 102],
+        [255, 215, 0],
+        [204, 0, 0],
+        [51, 0, 51],
+        [255, 0, 102],
+        [153, 0, 51],
+        [255, 204, 153],
+        [192, 192, 192],
+        [0, 153, 76],
+        [85, 43, 150],
+        [255, 128, 0],
+    ],
+    dtype=np.uint8,
+)
 
 PROPERTY_NAMES = ("eyes", "hair_color", "hair_length", "mouth", "background_light", "background_std", "face_pose")
 TRUTH_NAMES = ("gender", *PROPERTY_NAMES, "quality")
 
 # Nuisance parameters: all in [0, 1]; they give the world its variety but are not measured.
 NUISANCE_NAMES = (
-    "face_scale", "face_x", "face_y", "jaw", "brow_thick", "brow_tilt", "lip_full", "lip_red", "stubble",
-    "skin_light", "skin_hue", "hair_hue", "hair_sat", "hair_volume", "fringe", "ear_size", "neck_width",
-    "cloth_hue", "cloth_light", "bg_hue", "bg_sat", "bg_freq", "bg_angle", "bg_phase", "iris_dark", "eye_size",
-    "nose_size", "strand_phase", "brow_light",
+    "face_scale",
+    "face_x",
+    "face_y",
+    "jaw",
+    "brow_thick",
+    "brow_tilt",
+    "lip_full",
+    "lip_red",
+    "stubble",
+    "skin_light",
+    "skin_hue",
+    "hair_hue",
+    "hair_sat",
+    "hair_volume",
+    "fringe",
+    "ear_size",
+    "neck_width",
+    "cloth_hue",
+    "cloth_light",
+    "bg_hue",
+    "bg_sat",
+    "bg_freq",
+    "bg_angle",
+    "bg_phase",
+    "iris_dark",
+    "eye_size",
+    "nose_size",
+    "strand_phase",
+    "brow_light",
 )
 PARAM_NAMES = TRUTH_NAMES + NUISANCE_NAMES
 PARAM_INDEX = {name: i for i, name in enumerate(PARAM_NAMES)}
@@ -86,8 +147,9 @@ def sample_face_params(n: int, seed: int, quality_bad_rate: float = 0.05) -> tor
     female = (torch.rand(n, generator=g) < 0.5).float()
     p[:, col["gender"]] = female
     # Gender cues: each shifts with gender but the two groups overlap, so no single cue decides.
-    p[:, col["hair_length"]] = torch.where(female > 0, 0.15 + 0.85 * u[:, col["hair_length"]] ** 0.7,
-                                           0.65 * u[:, col["hair_length"]] ** 1.3)
+    p[:, col["hair_length"]] = torch.where(
+        female > 0, 0.15 + 0.85 * u[:, col["hair_length"]] ** 0.7, 0.65 * u[:, col["hair_length"]] ** 1.3
+    )
     p[:, col["jaw"]] = (0.25 + 0.5 * female.neg().add(1) + 0.35 * (u[:, col["jaw"]] - 0.5)).clamp(0, 1)
     p[:, col["brow_thick"]] = (0.3 + 0.4 * (1 - female) + 0.5 * (u[:, col["brow_thick"]] - 0.5)).clamp(0, 1)
     p[:, col["lip_red"]] = (0.3 + 0.45 * female + 0.5 * (u[:, col["lip_red"]] - 0.5)).clamp(0, 1)
@@ -194,8 +256,11 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     y_sh = cy + 1.3 * fh
     cloth_top = y_sh + 0.45 * ((x - cx) / (2.2 * fw)) ** 2 * 2
     folds = 0.04 * torch.sin(9.0 * (x - cx) + 3.0 * y)
-    put(layer(cloth_top - y), _colour(0.15 + 0.7 * P("cloth_light") + folds, P("cloth_hue"), torch.full_like(
-        P("cloth_hue"), 0.7)), CLASS_ID["cloth"])
+    put(
+        layer(cloth_top - y),
+        _colour(0.15 + 0.7 * P("cloth_light") + folds, P("cloth_hue"), torch.full_like(P("cloth_hue"), 0.7)),
+        CLASS_ID["cloth"],
+    )
 
     skin = _colour(0.3 + 0.55 * P("skin_light"), 0.03 + 0.07 * P("skin_hue"), torch.full_like(pose, 0.45))
 
@@ -233,8 +298,9 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     uu = (u - 0.12 * pose * vv) / (1 - taper * vv)
     face_sdf = (torch.sqrt(uu**2 + v**2 + 1e-12) - 1) * fw
     shade = 1 - 0.12 * (uu**2 + v**2).clamp(max=1)
-    stubble_zone = torch.sigmoid((v - 0.4) / 0.08) * P("stubble") * (
-        0.8 + 0.2 * torch.sin(97.0 * x) * torch.sin(89.0 * y))
+    stubble_zone = (
+        torch.sigmoid((v - 0.4) / 0.08) * P("stubble") * (0.8 + 0.2 * torch.sin(97.0 * x) * torch.sin(89.0 * y))
+    )
     face_rgb = skin * shade.unsqueeze(1)
     face_rgb = face_rgb + stubble_zone.unsqueeze(1) * 0.45 * (0.12 - face_rgb)
     put(layer(face_sdf), face_rgb, CLASS_ID["skin"])
@@ -266,8 +332,11 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     nose_y = cy + 0.18 * fh
     nose_a, nose_b = fw * (0.1 + 0.04 * P("nose_size")), fh * (0.16 + 0.05 * P("nose_size"))
     nostrils = sum(
-        torch.sigmoid(-_ellipse_sdf(x, y, nose_x + s * 0.45 * nose_a, nose_y + 0.7 * nose_b, 0.3 * nose_a,
-                                    0.18 * nose_b) / soft) for s in (-1.0, 1.0))
+        torch.sigmoid(
+            -_ellipse_sdf(x, y, nose_x + s * 0.45 * nose_a, nose_y + 0.7 * nose_b, 0.3 * nose_a, 0.18 * nose_b) / soft
+        )
+        for s in (-1.0, 1.0)
+    )
     nose_rgb = skin * 0.9 + nostrils.unsqueeze(1) * (0.1 - skin * 0.9)
     put(layer(_ellipse_sdf(x, y, nose_x, nose_y, nose_a, nose_b)), nose_rgb, CLASS_ID["nose"])
 

@@ -182,8 +182,11 @@ def save_synthetic_generator(generator: SyntheticGenerator, path: str | Path) ->
     )
 
 
-def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
-    """Load any generator checkpoint this project knows: ours (synthetic) or GenForce StyleGAN files."""
+def load_generator(path: str | Path, kind: str = "auto", resolution: int | None = None) -> nn.Module:
+    """Load any generator checkpoint this project knows: ours (synthetic) or GenForce StyleGAN files.
+
+    ``resolution``, when given, must match the checkpoint's, so a config and a file that disagree stop early.
+    """
     ckpt = load_torch_file(path, what="generator checkpoint")
     if kind in ("auto", "synthetic") and isinstance(ckpt, dict) and ckpt.get("kind") == SYNTHETIC_KIND:
         gen = SyntheticGenerator(**ckpt["settings"])
@@ -191,6 +194,9 @@ def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
             gen.load_state_dict(ckpt["generator"], strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: synthetic generator weights do not match its settings: {exc}") from exc
+        if resolution is not None and gen.resolution != resolution:
+            raise CheckpointError(f"{path}: draws {gen.resolution}x{gen.resolution} images but the config asks for "
+                                  f"{resolution}; rebuild it or fix 'resolution' in the config")
         return gen.eval()
     if kind == "synthetic":
         raise CheckpointError(
@@ -199,4 +205,4 @@ def load_generator(path: str | Path, kind: str = "auto") -> nn.Module:
         )
     from vhuman.stylegan import generator_from_checkpoint  # GenForce files and bare state dicts
 
-    return generator_from_checkpoint(ckpt, path)
+    return generator_from_checkpoint(ckpt, path, expected_resolution=resolution)

@@ -150,9 +150,9 @@ def sample_face_params(n: int, seed: int, quality_bad_rate: float = 0.05) -> tor
     p[:, col["hair_length"]] = torch.where(
         female > 0, 0.15 + 0.85 * u[:, col["hair_length"]] ** 0.7, 0.65 * u[:, col["hair_length"]] ** 1.3
     )
-    p[:, col["jaw"]] = (0.25 + 0.5 * female.neg().add(1) + 0.35 * (u[:, col["jaw"]] - 0.5)).clamp(0, 1)
+    p[:, col["jaw"]] = (0.3 + 0.4 * (1 - female) + 0.6 * (u[:, col["jaw"]] - 0.5)).clamp(0, 1)
     p[:, col["brow_thick"]] = (0.3 + 0.4 * (1 - female) + 0.5 * (u[:, col["brow_thick"]] - 0.5)).clamp(0, 1)
-    p[:, col["lip_red"]] = (0.3 + 0.45 * female + 0.5 * (u[:, col["lip_red"]] - 0.5)).clamp(0, 1)
+    p[:, col["lip_red"]] = (0.3 + 0.4 * female + 0.6 * (u[:, col["lip_red"]] - 0.5)).clamp(0, 1)
     p[:, col["lip_full"]] = (0.3 + 0.35 * female + 0.5 * (u[:, col["lip_full"]] - 0.5)).clamp(0, 1)
     p[:, col["stubble"]] = (1 - female) * (u[:, col["stubble"]] > 0.4).float() * u[:, col["stubble"]]
     p[:, col["face_scale"]] = (0.55 + 0.25 * (1 - female) + 0.6 * (u[:, col["face_scale"]] - 0.5)).clamp(0, 1)

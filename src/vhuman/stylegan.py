@@ -1,0 +1,429 @@
+"""GenForce's StyleGAN (v1) generator and discriminator, state-dict compatible with GenForce checkpoints.
+
+Written from the layer-by-layer specification of GenForce's published networks: module and buffer names mirror
+GenForce's keys exactly, so its checkpoints load with ``strict=True`` and ours open in GenForce's code.
+Equalised learning rate: layers store ``weight`` and use ``weight * wscale`` with ``wscale = gain / sqrt(fan_in)
+* lr_mul``; biases act as ``bias * lr_mul``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vhuman.generators import truncate
+from vhuman.io import CheckpointError, save_torch_atomic
+
+GAIN = math.sqrt(2.0)
+SLOPE = 0.2
+
+
+def channels_at(res: int, fmaps_base: int, fmaps_max: int) -> int:
+    return min(fmaps_base // res, fmaps_max)
+
+
+def _blur_kernel(channels: int) -> torch.Tensor:
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = torch.outer(k, k) / 16
+    return k.view(1, 1, 3, 3).repeat(channels, 1, 1, 1)
+
+
+class Blur(nn.Module):
+    """Depthwise [1, 2, 1] x [1, 2, 1] / 16 filter (stored as a buffer, as GenForce does)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("kernel", _blur_kernel(channels))
+
+    def forward(self, x):
+        return F.conv2d(x, self.kernel, padding=1, groups=x.shape[1])
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, in_features, out_features, gain=GAIN, lr_mul=1.0, activate=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.wscale = gain / math.sqrt(in_features) * lr_mul
+        self.lr_mul, self.activate = lr_mul, activate
+
+    def forward(self, x):
+        x = F.linear(x.flatten(1), self.weight * self.wscale, self.bias * self.lr_mul)
+        return F.leaky_relu(x, SLOPE) if self.activate else x
+
+
+class MappingNetwork(nn.Module):
+    """z (+ label embedding) -> pixel norm -> dense layers with lr_mul -> w."""
+
+    def __init__(self, z_dim=512, w_dim=512, label_size=0, num_layers=8, fmaps=512, lr_mul=0.01):
+        super().__init__()
+        self.z_dim, self.w_dim, self.label_size, self.num_layers = z_dim, w_dim, label_size, num_layers
+        if label_size:
+            self.label_weight = nn.Parameter(torch.randn(label_size, z_dim))
+        in_dim = z_dim * 2 if label_size else z_dim
+        for i in range(num_layers):
+            out_dim = w_dim if i == num_layers - 1 else fmaps
+            setattr(self, f"dense{i}", DenseLayer(in_dim, out_dim, lr_mul=lr_mul))
+            in_dim = out_dim
+
+    def forward(self, z, label=None):
+        if self.label_size:
+            if label is None:
+                raise ValueError(f"this generator is conditional: pass a label of size {self.label_size}")
+            z = torch.cat([z, label @ self.label_weight], dim=1)
+        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+        for i in range(self.num_layers):
+            x = getattr(self, f"dense{i}")(x)
+        return x
+
+
+class Truncation(nn.Module):
+    def __init__(self, w_dim, num_layers):
+        super().__init__()
+        self.num_layers = num_layers
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, w, psi=1.0, layers=None):
+        return truncate(w, self.w_avg, self.num_layers, psi, layers)
+
+
+class NoiseInjection(nn.Module):
+    """One noise map shared by all channels, scaled per channel; the stored map makes sampling repeatable."""
+
+    def __init__(self, channels, res):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("noise", torch.randn(1, 1, res, res))
+
+    def forward(self, x, noise_mode="const"):
+        if noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        elif noise_mode == "none":
+            return x
+        else:
+            noise = self.noise.to(x.dtype)
+        return x + noise * self.weight.view(1, -1, 1, 1).to(x.dtype)
+
+
+class StyleModulation(nn.Module):
+    """AdaIN's affine part: w -> (scale, shift) per channel; x * (scale + 1) + shift."""
+
+    def __init__(self, channels, w_dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2 * channels, w_dim))
+        self.bias = nn.Parameter(torch.zeros(2 * channels))
+        self.wscale = 1.0 / math.sqrt(w_dim)
+
+    def forward(self, x, w):
+        style = F.linear(w, self.weight * self.wscale, self.bias).to(x.dtype)
+        scale, shift = style.view(-1, 2, x.shape[1], 1, 1).unbind(1)
+        return x * (scale + 1) + shift
+
+
+def _instance_norm(x):
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x * torch.rsqrt(x.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-8)
+
+
+def _fused_kernel(weight, scale_down: bool):
+    """3x3 kernel -> 4x4 kernel that does the 2x resampling and the 3x3 conv in one strided (transposed) conv."""
+    w = F.pad(weight, (1, 1, 1, 1))
+    w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+    return w * 0.25 if scale_down else w
+
+
+class SynthesisLayer(nn.Module):
+    """(up-sample) conv -> (blur) -> noise -> bias -> lrelu -> instance norm -> style. Layer 0 uses ``const``."""
+
+    def __init__(self, in_channels, out_channels, res, w_dim, upsample=False, fused=False, first=False):
+        super().__init__()
+        self.first, self.upsample, self.fused = first, upsample, fused
+        if first:
+            self.const = nn.Parameter(torch.randn(1, out_channels, res, res))
+        else:
+            self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+            self.wscale = GAIN / math.sqrt(in_channels * 9)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.apply_noise = NoiseInjection(out_channels, res)
+        self.style = StyleModulation(out_channels, w_dim)
+        if upsample:
+            self.blur = Blur(out_channels)
+
+    def forward(self, x, w, noise_mode="const"):
+        if self.first:
+            x = self.const.to(w.dtype).repeat(w.shape[0], 1, 1, 1)
+        else:
+            weight = (self.weight * self.wscale).to(x.dtype)
+            if self.upsample and self.fused:
+                x = F.conv_transpose2d(x, _fused_kernel(weight, False).permute(1, 0, 2, 3), stride=2, padding=1)
+            else:
+                if self.upsample:
+                    x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = F.conv2d(x, weight, padding=1)
+            if self.upsample:
+                x = self.blur(x)
+        x = self.apply_noise(x, noise_mode)
+        x = F.leaky_relu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), SLOPE)
+        return self.style(_instance_norm(x), w)
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels, image_channels=3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(image_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(image_channels))
+        self.wscale = 1.0 / math.sqrt(in_channels)
+
+    def forward(self, x):
+        return F.conv2d(x, (self.weight * self.wscale).to(x.dtype), self.bias.to(x.dtype))
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, resolution, w_dim=512, image_channels=3, fmaps_base=16384, fmaps_max=512, fused_scale="auto"):
+        super().__init__()
+        self.resolution = resolution
+        self.num_blocks = int(math.log2(resolution)) - 1
+        self.num_layers = 2 * self.num_blocks
+        self.register_buffer("lod", torch.zeros(()))
+        for b in range(self.num_blocks):
+            res = 4 * 2**b
+            nf = channels_at(res, fmaps_base, fmaps_max)
+            if b == 0:
+                self.layer0 = SynthesisLayer(nf, nf, res, w_dim, first=True)
+            else:
+                fused = res >= 128 if fused_scale == "auto" else bool(fused_scale)
+                prev = channels_at(res // 2, fmaps_base, fmaps_max)
+                setattr(self, f"layer{2 * b}", SynthesisLayer(prev, nf, res, w_dim, upsample=True, fused=fused))
+            setattr(self, f"layer{2 * b + 1}", SynthesisLayer(nf, nf, res, w_dim))
+            setattr(self, f"output{b}", ToRGB(nf, image_channels))
+
+    def forward(self, wp, noise_mode="const"):
+        if float(self.lod) != 0.0:
+            raise ValueError(f"lod is {float(self.lod)}: only fully grown generators (lod 0) are supported")
+        x = None
+        for i in range(self.num_layers):
+            x = getattr(self, f"layer{i}")(x, wp[:, i], noise_mode)
+        return getattr(self, f"output{self.num_blocks - 1}")(x)
+
+
+class StyleGANGenerator(nn.Module):
+    """GenForce StyleGAN generator with the project's generator interface (mapping, synthesis, w_avg)."""
+
+    def __init__(self, resolution, z_dim=512, w_dim=512, label_size=0, mapping_layers=8, mapping_fmaps=512,
+                 mapping_lr_mul=0.01, image_channels=3, fmaps_base=16384, fmaps_max=512, fused_scale="auto"):
+        super().__init__()
+        if resolution not in (8, 16, 32, 64, 128, 256, 512, 1024):
+            raise ValueError(f"resolution must be a power of two in 8..1024, got {resolution}")
+        self.settings = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, label_size=label_size,
+                             mapping_layers=mapping_layers, mapping_fmaps=mapping_fmaps,
+                             mapping_lr_mul=mapping_lr_mul, image_channels=image_channels, fmaps_base=fmaps_base,
+                             fmaps_max=fmaps_max, fused_scale=fused_scale)
+        self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
+        self.mapping = MappingNetwork(z_dim, w_dim, label_size, mapping_layers, mapping_fmaps, mapping_lr_mul)
+        self.synthesis = SynthesisNetwork(resolution, w_dim, image_channels, fmaps_base, fmaps_max, fused_scale)
+        self.num_layers = self.synthesis.num_layers
+        self.truncation = Truncation(w_dim, self.num_layers)
+
+    @property
+    def w_avg(self):
+        return self.truncation.w_avg
+
+    def forward(self, z, label=None, truncation_psi=1.0, truncation_layers=None, noise_mode="const"):
+        wp = self.truncation(self.mapping(z, label), truncation_psi, truncation_layers)
+        return self.synthesis(wp, noise_mode)
+
+
+class DownsampleConv(nn.Module):
+    """blur -> 3x3 conv with bias -> (2x2 average pool | fused stride-2 conv) -> lrelu."""
+
+    def __init__(self, in_channels, out_channels, fused):
+        super().__init__()
+        self.fused = fused
+        self.blur = Blur(in_channels)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.wscale = GAIN / math.sqrt(in_channels * 9)
+
+    def forward(self, x):
+        x = self.blur(x)
+        weight = self.weight * self.wscale
+        if self.fused:
+            x = F.conv2d(x, _fused_kernel(weight, True), self.bias, stride=2, padding=1)
+        else:
+            x = F.avg_pool2d(F.conv2d(x, weight, self.bias, padding=1), 2)
+        return F.leaky_relu(x, SLOPE)
+
+
+class Conv(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.wscale = GAIN / math.sqrt(in_channels * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x):
+        return F.leaky_relu(F.conv2d(x, self.weight * self.wscale, self.bias, padding=self.padding), SLOPE)
+
+
+def minibatch_std(x, group_size=4, eps=1e-8):
+    """Append the group's feature standard deviation as one extra channel (sample i is in group i mod N/G)."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    if n % g:
+        raise ValueError(f"batch size {n} must be divisible by the minibatch-std group size {g}")
+    y = x.view(g, -1, c, h, w)
+    y = (y - y.mean(0)).pow(2).mean(0).add(eps).sqrt().mean(dim=(1, 2, 3))
+    y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+class StyleGANDiscriminator(nn.Module):
+    """GenForce StyleGAN discriminator (lod 0): from-RGB at the top, conv blocks down to 4x4, mbstd, two dense."""
+
+    def __init__(self, resolution, image_channels=3, label_size=0, fused_scale="auto", minibatch_std_group_size=4,
+                 fmaps_base=16384, fmaps_max=512):
+        super().__init__()
+        self.resolution, self.label_size, self.group_size = resolution, label_size, minibatch_std_group_size
+        self.settings = dict(resolution=resolution, image_channels=image_channels, label_size=label_size,
+                             fused_scale=fused_scale, minibatch_std_group_size=minibatch_std_group_size,
+                             fmaps_base=fmaps_base, fmaps_max=fmaps_max)
+        self.num_blocks = int(math.log2(resolution)) - 1
+        self.register_buffer("lod", torch.zeros(()))
+        for b in range(self.num_blocks):
+            res = resolution // 2**b
+            nf = channels_at(res, fmaps_base, fmaps_max)
+            setattr(self, f"input{b}", Conv(image_channels, nf, 1))
+            if res > 4:
+                fused = res >= 128 if fused_scale == "auto" else bool(fused_scale)
+                setattr(self, f"layer{2 * b}", Conv(nf, nf, 3))
+                setattr(self, f"layer{2 * b + 1}",
+                        DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max), fused))
+            else:
+                setattr(self, f"layer{2 * b}", Conv(nf + 1, nf, 3))
+                setattr(self, f"layer{2 * b + 1}",
+                        DenseLayer(nf * 16, channels_at(2, fmaps_base, fmaps_max)))
+                setattr(self, f"layer{2 * b + 2}",
+                        DenseLayer(channels_at(2, fmaps_base, fmaps_max), max(label_size, 1), gain=1.0,
+                                   activate=False))
+
+    def forward(self, image, label=None):
+        if float(self.lod) != 0.0:
+            raise ValueError(f"lod is {float(self.lod)}: only fully grown discriminators (lod 0) are supported")
+        x = self.input0(image)
+        last = self.num_blocks - 1
+        for b in range(last):
+            x = getattr(self, f"layer{2 * b + 1}")(getattr(self, f"layer{2 * b}")(x))
+        x = getattr(self, f"layer{2 * last}")(minibatch_std(x, self.group_size))
+        x = getattr(self, f"layer{2 * last + 2}")(getattr(self, f"layer{2 * last + 1}")(x))
+        if self.label_size:
+            if label is None:
+                raise ValueError(f"this discriminator is conditional: pass a label of size {self.label_size}")
+            x = (x * label).sum(dim=1, keepdim=True)
+        return x
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------
+
+GENERATOR_MARKERS = ("mapping.dense0.weight", "synthesis.layer0.const", "truncation.w_avg")
+
+
+def _strip_module_prefix(state_dict: dict) -> dict:
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def pick_generator_state(ckpt, path) -> dict:
+    """The state dict GenForce samples with: ``generator_smooth`` when present, else ``generator``; bare dicts too."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("models"), dict):
+        ckpt = ckpt["models"]  # a GenForce training snapshot
+    if isinstance(ckpt, dict):
+        for key in ("generator_smooth", "generator"):
+            if _is_state_dict(ckpt.get(key)):
+                return _strip_module_prefix(ckpt[key])
+    if _is_state_dict(ckpt):
+        return _strip_module_prefix(ckpt)
+    raise CheckpointError(f"{path}: not a GenForce StyleGAN checkpoint (expected a dict with 'generator' or "
+                          "'generator_smooth', or a bare state dict)")
+
+
+def generator_settings_from_state(sd: dict, path) -> dict:
+    """Infer constructor settings (resolution, widths, mapping depth, label size) from a generator state dict."""
+    missing = [k for k in GENERATOR_MARKERS if k not in sd]
+    if missing:
+        sample = ", ".join(list(sd)[:3])
+        raise CheckpointError(f"{path}: not a GenForce StyleGAN (v1) generator: keys {missing} are missing "
+                              f"(it has e.g. {sample}). Check that the file is the StyleGAN checkpoint.")
+    num_blocks = sum(1 for k in sd if k.startswith("synthesis.output") and k.endswith(".weight"))
+    resolution = 4 * 2 ** (num_blocks - 1)
+    mapping_layers = sum(1 for k in sd if k.startswith("mapping.dense") and k.endswith(".weight"))
+    label_size = sd["mapping.label_weight"].shape[0] if "mapping.label_weight" in sd else 0
+    in_dim = sd["mapping.dense0.weight"].shape[1]
+    z_dim = in_dim // 2 if label_size else in_dim
+    w_dim = sd[f"mapping.dense{mapping_layers - 1}.weight"].shape[0]
+    nf_top = sd[f"synthesis.output{num_blocks - 1}.weight"].shape[1]
+    fmaps_max = sd["synthesis.layer0.const"].shape[1]
+    # Fused and unfused up-sampling store the same keys, so GenForce's 'auto' (fused from 128 up) is assumed.
+    return dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, label_size=label_size,
+                mapping_layers=mapping_layers, mapping_fmaps=sd["mapping.dense0.weight"].shape[0],
+                image_channels=sd[f"synthesis.output{num_blocks - 1}.weight"].shape[0],
+                fmaps_base=nf_top * resolution, fmaps_max=fmaps_max, fused_scale="auto")
+
+
+def _load_strict(module: nn.Module, sd: dict, path, what: str) -> None:
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:4]
+        raise CheckpointError(f"{path}: {what} weights do not fit the network: {' '.join(lines)}") from exc
+
+
+def generator_from_checkpoint(ckpt, path, expected_resolution: int | None = None) -> StyleGANGenerator:
+    sd = pick_generator_state(ckpt, path)
+    settings = generator_settings_from_state(sd, path)
+    if expected_resolution is not None and settings["resolution"] != expected_resolution:
+        raise CheckpointError(f"{path}: this generator draws {settings['resolution']}x{settings['resolution']} "
+                              f"images but the config asks for {expected_resolution}; fix 'resolution' in the "
+                              "config or use the matching checkpoint")
+    gen = StyleGANGenerator(**settings)
+    _load_strict(gen, sd, path, "generator")
+    return gen.eval()
+
+
+def discriminator_from_checkpoint(ckpt, path) -> StyleGANDiscriminator:
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("models"), dict):
+        ckpt = ckpt["models"]
+    sd = ckpt.get("discriminator") if isinstance(ckpt, dict) and "discriminator" in ckpt else ckpt
+    if not _is_state_dict(sd) or "input0.weight" not in _strip_module_prefix(sd):
+        raise CheckpointError(f"{path}: no GenForce StyleGAN discriminator in this file")
+    sd = _strip_module_prefix(sd)
+    num_blocks = sum(1 for k in sd if k.startswith("input") and k.endswith(".weight"))
+    resolution = 4 * 2 ** (num_blocks - 1)
+    last = num_blocks - 1
+    disc = StyleGANDiscriminator(resolution, image_channels=sd["input0.weight"].shape[1],
+                                 label_size=(sd[f"layer{2 * last + 2}.weight"].shape[0]
+                                             if sd[f"layer{2 * last + 2}.weight"].shape[0] > 1 else 0),
+                                 fmaps_base=sd["input0.weight"].shape[0] * resolution,
+                                 fmaps_max=sd[f"input{last}.weight"].shape[0])
+    _load_strict(disc, sd, path, "discriminator")
+    return disc.eval()
+
+
+def save_genforce_checkpoint(path: str | Path, generator: StyleGANGenerator,
+                             discriminator: StyleGANDiscriminator | None = None,
+                             generator_smooth: StyleGANGenerator | None = None, **extra) -> None:
+    """Write GenForce's model-zoo layout (top-level 'generator', 'discriminator', 'generator_smooth')."""
+    ckpt = {"generator": generator.state_dict()}
+    if discriminator is not None:
+        ckpt["discriminator"] = discriminator.state_dict()
+    if generator_smooth is not None:
+        ckpt["generator_smooth"] = generator_smooth.state_dict()
+    ckpt.update(extra)
+    save_torch_atomic(ckpt, path)

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from vhuman import synthetic
+from vhuman.generators import SyntheticGenerator, load_generator, save_synthetic_generator, truncate
+from vhuman.io import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return SyntheticGenerator(resolution=64, seed=0)
+
+
+def test_interface_shapes_and_range(generator):
+    z = torch.randn(5, generator.z_dim)
+    with torch.no_grad():
+        w = generator.mapping(z)
+        wp = truncate(w, generator.w_avg, generator.num_layers)
+        images = generator.synthesis(wp)
+    assert w.shape == (5, generator.w_dim) and wp.shape == (5, generator.num_layers, generator.w_dim)
+    assert images.shape == (5, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
+
+
+def test_same_seed_same_weights_and_other_seed_differs(generator):
+    again = SyntheticGenerator(resolution=64, seed=0)
+    for k, v in generator.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    other = SyntheticGenerator(resolution=64, seed=1)
+    assert not torch.equal(other.mapping_net[0].weight, generator.mapping_net[0].weight)
+
+
+def test_no_property_sits_on_one_axis_of_z_or_w(generator):
+    z = torch.randn(4000, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        w = generator.mapping(z)
+        params = generator.render_params(truncate(w, generator.w_avg, generator.num_layers)).numpy()
+    names = ("gender", *synthetic.PROPERTY_NAMES)
+    props = params[:, [synthetic.PARAM_INDEX[n] for n in names]]
+
+    def max_abs_corr(a, b):
+        a = (a - a.mean(0)) / a.std(0)
+        b = (b - b.mean(0)) / b.std(0)
+        return np.abs(a.T @ b / len(a)).max(0)
+
+    for latent in (z.numpy(), w.numpy()):
+        worst = max_abs_corr(latent, props)
+        assert (worst < 0.45).all(), dict(zip(names, worst.round(2), strict=True))
+
+
+def test_properties_cover_their_ranges_and_gender_is_balanced(generator):
+    z = torch.randn(4000, generator.z_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        params = generator.render_params(truncate(generator.mapping(z), generator.w_avg, generator.num_layers))
+    col = synthetic.PARAM_INDEX
+    female = params[:, col["gender"]] > 0.5
+    assert 0.4 < female.float().mean() < 0.6
+    for name in ("eyes", "mouth", "hair_length", "background_std"):
+        x = params[:, col[name]]
+        assert x.min() < 0.05 and x.max() > 0.95, name
+    assert params[:, col["face_pose"]].min() < -0.9 and params[:, col["face_pose"]].max() > 0.9
+    bad = (params[:, col["quality"]] < 0.5).float().mean()
+    assert 0.02 < bad < 0.08
+    # gender shows in its cues
+    hl = params[:, col["hair_length"]]
+    assert hl[female].mean() > hl[~female].mean() + 0.2
+
+
+def test_truncation():
+    w = torch.randn(3, 8)
+    w_avg = torch.randn(8)
+    assert torch.equal(truncate(w, w_avg, 4), w.unsqueeze(1).repeat(1, 4, 1))
+    wp = truncate(w, w_avg, 4, psi=0.5, layers=2)
+    assert torch.allclose(wp[:, :2], (w_avg + 0.5 * (w - w_avg)).unsqueeze(1).expand(3, 2, 8))
+    assert torch.equal(wp[:, 2:], w.unsqueeze(1).repeat(1, 2, 1))
+
+
+def test_checkpoint_round_trip(generator, tmp_path):
+    path = tmp_path / "g.pth"
+    save_synthetic_generator(generator, path)
+    loaded = load_generator(path)
+    z = torch.randn(2, 512)
+    with torch.no_grad():
+        a = generator.synthesis(truncate(generator.mapping(z), generator.w_avg, 6))
+        b = loaded.synthesis(truncate(loaded.mapping(z), loaded.w_avg, 6))
+    assert torch.equal(a, b)
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_bad_checkpoints_fail_with_the_file_name(generator, tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pth: generator checkpoint not found"):
+        load_generator(tmp_path / "missing.pth")
+    good = tmp_path / "good.pth"
+    save_synthetic_generator(generator, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pth: cannot read"):
+        load_generator(truncated)
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(CheckpointError, match="other.pth: not a GenForce StyleGAN"):
+        load_generator(other)
+    with pytest.raises(CheckpointError, match="other.pth: not a synthetic-world generator"):
+        load_generator(other, kind="synthetic")

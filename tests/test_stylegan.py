@@ -1,0 +1,151 @@
+"""GenForce StyleGAN: strict loading and the reference implementation's outputs (shared/reference/genforce)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import reference_file
+from vhuman.generators import load_generator
+from vhuman.io import CheckpointError, to_uint8
+from vhuman.stylegan import (
+    StyleGANDiscriminator,
+    StyleGANGenerator,
+    discriminator_from_checkpoint,
+    minibatch_std,
+    save_genforce_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    path = reference_file("genforce", "genforce_stylegan_fixture.pt")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return torch.load(path, map_location="cpu", weights_only=True), meta
+
+
+@pytest.fixture(scope="module")
+def zoo_file(fixture, tmp_path_factory):
+    """The fixture's networks saved in the model-zoo layout a user downloads."""
+    data, _ = fixture
+    path = tmp_path_factory.mktemp("zoo") / "stylegan.pth"
+    torch.save({"generator": data["generator_state_dict"], "discriminator": data["discriminator_state_dict"]}, path)
+    return path
+
+
+def assert_matches_reference(generator, data, meta):
+    psi, layers = data["trunc_psi"], data["trunc_layers"]
+    assert "atol 2e-3, rtol 1e-4" in meta["tolerance"]  # the tolerances used below
+    with torch.no_grad():
+        w = generator.mapping(data["z"])
+        wp = generator.truncation(w, psi, layers)
+        image = generator.synthesis(generator.truncation(w))
+        image_t = generator.synthesis(wp)
+    torch.testing.assert_close(w, data["w"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(wp, data["wp_truncated"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(image, data["image"], atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(image_t, data["image_truncated"], atol=2e-3, rtol=1e-4)
+    as_uint8 = torch.from_numpy(to_uint8(image_t)).permute(0, 3, 1, 2).int()
+    assert (as_uint8 - data["image_truncated_uint8"].int()).abs().max() <= 1
+
+
+def test_generator_reproduces_reference_outputs(fixture, zoo_file):
+    data, meta = fixture
+    generator = load_generator(zoo_file)
+    assert isinstance(generator, StyleGANGenerator) and generator.resolution == 128
+    assert generator.num_layers == data["wp_truncated"].shape[1]
+    assert_matches_reference(generator, data, meta)
+
+
+def test_discriminator_reproduces_reference_scores(fixture, zoo_file):
+    data, _ = fixture
+    disc = discriminator_from_checkpoint(torch.load(zoo_file, weights_only=True), zoo_file)
+    with torch.no_grad():
+        torch.testing.assert_close(disc(data["image"]), data["d_score"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(disc(data["image_truncated"]), data["d_score_truncated"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["bare", "training_snapshot", "module_prefix", "smooth_preferred"])
+def test_checkpoint_layouts(fixture, tmp_path, layout):
+    data, meta = fixture
+    sd = data["generator_state_dict"]
+    if layout == "bare":
+        ckpt = sd
+    elif layout == "training_snapshot":
+        ckpt = {"models": {"generator": sd}, "running_metadata": {"iter": 7}}
+    elif layout == "module_prefix":
+        ckpt = {"generator": {f"module.{k}": v for k, v in sd.items()}}
+    else:  # sampling uses the EMA copy when the file has one
+        broken = {k: torch.zeros_like(v) for k, v in sd.items()}
+        ckpt = {"generator": broken, "generator_smooth": sd}
+    path = tmp_path / "g.pth"
+    torch.save(ckpt, path)
+    assert_matches_reference(load_generator(path), data, meta)
+
+
+def test_saved_checkpoint_reloads_strictly(fixture, zoo_file, tmp_path):
+    data, meta = fixture
+    generator = load_generator(zoo_file)
+    disc = discriminator_from_checkpoint(torch.load(zoo_file, weights_only=True), zoo_file)
+    out = tmp_path / "ours.pth"
+    save_genforce_checkpoint(out, generator, disc, generator_smooth=generator)
+    ckpt = torch.load(out, weights_only=True)
+    assert set(ckpt) == {"generator", "discriminator", "generator_smooth"}
+    assert set(ckpt["generator"]) == set(data["generator_state_dict"])
+    assert set(ckpt["discriminator"]) == set(data["discriminator_state_dict"])
+    assert_matches_reference(load_generator(out), data, meta)
+
+
+def test_bad_files_fail_with_one_clear_error(fixture, zoo_file, tmp_path):
+    data, _ = fixture
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(zoo_file.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="truncated.pth: cannot read"):
+        load_generator(truncated)
+    wrong = tmp_path / "discriminator_only.pth"
+    torch.save(data["discriminator_state_dict"], wrong)
+    with pytest.raises(CheckpointError, match="discriminator_only.pth: not a GenForce StyleGAN"):
+        load_generator(wrong)
+    with pytest.raises(CheckpointError, match="stylegan.pth: this generator draws 128x128 images but the config"):
+        load_generator(zoo_file, resolution=256)
+    damaged = dict(data["generator_state_dict"])
+    damaged["synthesis.layer3.weight"] = damaged["synthesis.layer3.weight"][:, :4]
+    bad_shape = tmp_path / "bad_shape.pth"
+    torch.save({"generator": damaged}, bad_shape)
+    with pytest.raises(CheckpointError, match="bad_shape.pth: generator weights do not fit.*layer3.weight"):
+        load_generator(bad_shape)
+
+
+def test_celeba_partial_256_has_the_published_key_table():
+    gen = StyleGANGenerator(256)
+    sd = gen.state_dict()
+    assert len(sd) == 122 and sum(v.numel() for v in sd.values()) == 26_279_350
+    assert sd["synthesis.layer12.weight"].shape == (64, 128, 3, 3) and gen.num_layers == 14
+    disc = StyleGANDiscriminator(256)
+    sd = disc.state_dict()
+    assert len(sd) == 51 and sum(v.numel() for v in sd.values()) == 23_070_210
+    assert sd["layer12.weight"].shape == (512, 513, 3, 3) and sd["layer13.weight"].shape == (512, 8192)
+
+
+def test_minibatch_std_groups_samples_by_index():
+    x = torch.randn(8, 3, 4, 4)
+    y = minibatch_std(x, group_size=4)
+    assert y.shape == (8, 4, 4, 4)
+    # samples i and i + N/G share a group, so they share the statistic
+    torch.testing.assert_close(y[0, 3], y[2, 3])
+    group = x[0::2]
+    expected = group.std(0, unbiased=False).mean()
+    torch.testing.assert_close(y[0, 3, 0, 0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        minibatch_std(torch.randn(6, 3, 4, 4), group_size=4)
+
+
+def test_noise_modes(fixture, zoo_file):
+    data, _ = fixture
+    generator = load_generator(zoo_file)
+    wp = generator.truncation(generator.mapping(data["z"][:2]))
+    with torch.no_grad():
+        const_a, const_b = generator.synthesis(wp), generator.synthesis(wp)
+        random_a = generator.synthesis(wp, noise_mode="random")
+    assert torch.equal(const_a, const_b)
+    assert not torch.allclose(const_a, random_a)

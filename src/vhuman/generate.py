@@ -41,12 +41,14 @@ def generate_images(
     device: str = "auto",
     truth_path: str | Path | None = None,
     truth_masks_dir: str | Path | None = None,
+    mask_resolution: int | None = None,
     progress: bool = True,
 ) -> None:
     """Write ``images_dir/{image_id}.png`` and ``latents_path`` (image_id, seed, z, w) for images 0..N-1.
 
     Image i uses seed ``base_seed + i``. With a synthetic generator and ``truth_path`` the exact truth of every
-    image (properties, gender, quality) and its label map (``truth_masks_dir``) are written too.
+    image (properties, gender, quality) and its label map (``truth_masks_dir``, at ``mask_resolution``) are
+    written too.
     """
     dev = pick_device(device)
     generator = generator.to(dev).eval()
@@ -66,7 +68,7 @@ def generate_images(
             w = generator.mapping(z)
             wp = truncate(w, generator.w_avg, generator.num_layers, truncation_psi, truncation_layers)
             if want_truth:
-                rendered = generator.synthesis_with_truth(wp)
+                rendered = generator.synthesis_with_truth(wp, mask_resolution)
                 images = rendered.images
                 for name in synthetic.TRUTH_NAMES:
                     truth_rows[name].append(rendered.truth[name].cpu().numpy())

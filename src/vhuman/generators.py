@@ -161,8 +161,13 @@ class SyntheticGenerator(nn.Module):
     def synthesis(self, wp: torch.Tensor) -> torch.Tensor:
         return synthetic.render_faces(self.render_params(wp), self.resolution).images
 
-    def synthesis_with_truth(self, wp: torch.Tensor) -> synthetic.RenderedFaces:
-        return synthetic.render_faces(self.render_params(wp), self.resolution)
+    def synthesis_with_truth(self, wp: torch.Tensor, mask_resolution: int | None = None) -> synthetic.RenderedFaces:
+        """Images and their exact truth; label maps at ``mask_resolution`` (default: the image's)."""
+        params = self.render_params(wp)
+        out = synthetic.render_faces(params, self.resolution)
+        if mask_resolution and mask_resolution != self.resolution:
+            out.labels = synthetic.render_faces(params, mask_resolution, with_image=False).labels
+        return out
 
     def settings(self) -> dict:
         return {

@@ -115,7 +115,7 @@ _LUMA = (0.2126, 0.7152, 0.0722)
 
 @dataclass
 class RenderedFaces:
-    images: torch.Tensor  # [N, 3, R, R] float, RGB in [-1, 1]
+    images: torch.Tensor | None  # [N, 3, R, R] float, RGB in [-1, 1]; None for label-only renders
     labels: torch.Tensor  # [N, R, R] uint8, class ids of CLASS_NAMES
     truth: dict[str, torch.Tensor]  # TRUTH_NAMES -> [N] float
 
@@ -210,8 +210,12 @@ def _gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
-    """Render faces for a [N, len(PARAM_NAMES)] parameter tensor; differentiable in ``params``."""
+def render_faces(params: torch.Tensor, resolution: int = 64, with_image: bool = True) -> RenderedFaces:
+    """Render faces for a [N, len(PARAM_NAMES)] parameter tensor; differentiable in ``params``.
+
+    ``with_image=False`` skips all colour work and returns only label maps (``images`` is then None): masks at a
+    finer resolution than the image cost a fraction of a full render.
+    """
     if params.dim() != 2 or params.shape[1] != len(PARAM_NAMES):
         raise ValueError(f"params must be [N, {len(PARAM_NAMES)}], got {tuple(params.shape)}")
     params = params.float()
@@ -231,34 +235,41 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     cx, cy = -0.05 + 0.1 * P("face_x"), 0.02 + 0.06 * P("face_y")
     u, v = (x - cx) / fw, (y - cy) / fh
 
-    img = torch.empty(n, 3, resolution, resolution, device=dev)
+    img = None
     labels = torch.zeros(n, resolution, resolution, dtype=torch.uint8, device=dev)
 
     def put(alpha, colour, class_id):
+        """Composite one layer over the picture; ``colour`` is a callable so label-only renders never call it."""
         nonlocal img
-        if img.requires_grad or colour.requires_grad or alpha.requires_grad:
-            img = torch.lerp(img, colour.expand_as(img), alpha.unsqueeze(1))
-        else:  # in place: compositing is most of the renderer's memory traffic
-            img.lerp_(colour.expand_as(img), alpha.unsqueeze(1))
+        if with_image:
+            c = colour().expand_as(img)
+            if img.requires_grad or c.requires_grad or alpha.requires_grad:
+                img = torch.lerp(img, c, alpha.unsqueeze(1))
+            else:  # in place: compositing is most of the renderer's memory traffic
+                img.lerp_(c, alpha.unsqueeze(1))
         labels.masked_fill_(alpha > 0.5, class_id)
 
     # Background: a hue gradient (no luma change) and a luma texture of known strength.
-    ang = math.pi * P("bg_angle")
-    freq = math.pi * (2.0 + 3.0 * P("bg_freq"))
-    phase = 2 * math.pi * P("bg_phase")
-    r1 = x * torch.cos(ang) + y * torch.sin(ang)
-    r2 = -x * torch.sin(ang + 0.4) + y * torch.cos(ang + 0.4)
-    amp = background_std_amplitude(P("background_std"))
-    bg_luma = P("background_light") + amp * (torch.sin(freq * r1 + phase) + torch.sin(1.37 * freq * r2 - phase))
-    img = _colour(bg_luma, P("bg_hue") + 0.12 * r1, 0.2 + 0.6 * P("bg_sat")).expand(n, 3, -1, -1).contiguous()
+    if with_image:
+        ang = math.pi * P("bg_angle")
+        freq = math.pi * (2.0 + 3.0 * P("bg_freq"))
+        phase = 2 * math.pi * P("bg_phase")
+        r1 = x * torch.cos(ang) + y * torch.sin(ang)
+        r2 = -x * torch.sin(ang + 0.4) + y * torch.cos(ang + 0.4)
+        amp = background_std_amplitude(P("background_std"))
+        bg_luma = P("background_light") + amp * (torch.sin(freq * r1 + phase) + torch.sin(1.37 * freq * r2 - phase))
+        img = _colour(bg_luma, P("bg_hue") + 0.12 * r1, 0.2 + 0.6 * P("bg_sat")).expand(n, 3, -1, -1).contiguous()
 
     # Clothes below sloping shoulders.
     y_sh = cy + 1.3 * fh
     cloth_top = y_sh + 0.45 * ((x - cx) / (2.2 * fw)) ** 2 * 2
-    folds = 0.04 * torch.sin(9.0 * (x - cx) + 3.0 * y)
     put(
         layer(cloth_top - y),
-        _colour(0.15 + 0.7 * P("cloth_light") + folds, P("cloth_hue"), torch.full_like(P("cloth_hue"), 0.7)),
+        lambda: _colour(
+            0.15 + 0.7 * P("cloth_light") + 0.04 * torch.sin(9.0 * (x - cx) + 3.0 * y),
+            P("cloth_hue"),
+            torch.full_like(pose, 0.7),
+        ),
         CLASS_ID["cloth"],
     )
 
@@ -268,7 +279,7 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     ear_a, ear_b = fw * (0.13 + 0.08 * P("ear_size")), fh * 0.26
     for side, cls in ((-1.0, "l_ear"), (1.0, "r_ear")):
         ex = cx + fw * (side * 0.98 - 0.25 * pose)
-        put(layer(_ellipse_sdf(x, y, ex, cy + 0.05 * fh, ear_a, ear_b)), skin * 0.92, CLASS_ID[cls])
+        put(layer(_ellipse_sdf(x, y, ex, cy + 0.05 * fh, ear_a, ear_b)), lambda: skin * 0.92, CLASS_ID[cls])
 
     # Hair behind the head: a cap over the skull that hangs down to the hair length, with neck-side gaps.
     vol = P("hair_volume")
@@ -281,28 +292,33 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     cap = _ellipse_sdf(x, y, cx, head_cy, hw, head_hh)
     band = (x - cx).abs() - hw
     hair_sdf = torch.maximum(torch.where(y < head_cy, cap, band), y - y_hair_end)
-    hair_luma = P("hair_color")
-    strands = 0.03 * torch.sin(40.0 * (x - cx) + 6.0 * (y - cy) ** 2 + 2 * math.pi * P("strand_phase"))
-    hair_rgb = _colour(hair_luma + strands, P("hair_hue") * 0.15, 0.2 + 0.6 * P("hair_sat"))
+
+    def hair_rgb():
+        strands = 0.03 * torch.sin(40.0 * (x - cx) + 6.0 * (y - cy) ** 2 + 2 * math.pi * P("strand_phase"))
+        return _colour(P("hair_color") + strands, P("hair_hue") * 0.15, 0.2 + 0.6 * P("hair_sat"))
+
     put(layer(hair_sdf), hair_rgb, CLASS_ID["hair"])
 
     # Neck in front of the hanging hair, down to the neckline.
     neck_x = cx + 0.1 * pose * fw
     neck_hw = fw * (0.42 + 0.2 * P("neck_width"))
     neck_sdf = torch.maximum((x - neck_x).abs() - neck_hw, torch.maximum(cy + 0.5 * fh - y, y - (y_sh + 0.12)))
-    put(layer(neck_sdf), skin * 0.85, CLASS_ID["neck"])
+    put(layer(neck_sdf), lambda: skin * 0.85, CLASS_ID["neck"])
 
     # Face outline: round forehead, jaw that tapers (narrow for a pointed chin) and follows the turn.
     taper = 0.38 - 0.3 * P("jaw")
     vv = v.clamp(min=0)
     uu = (u - 0.12 * pose * vv) / (1 - taper * vv)
     face_sdf = (torch.sqrt(uu**2 + v**2 + 1e-12) - 1) * fw
-    shade = 1 - 0.12 * (uu**2 + v**2).clamp(max=1)
-    stubble_zone = (
-        torch.sigmoid((v - 0.4) / 0.08) * P("stubble") * (0.8 + 0.2 * torch.sin(97.0 * x) * torch.sin(89.0 * y))
-    )
-    face_rgb = skin * shade.unsqueeze(1)
-    face_rgb = face_rgb + stubble_zone.unsqueeze(1) * 0.45 * (0.12 - face_rgb)
+
+    def face_rgb():
+        shade = 1 - 0.12 * (uu**2 + v**2).clamp(max=1)
+        stubble = (
+            torch.sigmoid((v - 0.4) / 0.08) * P("stubble") * (0.8 + 0.2 * torch.sin(97.0 * x) * torch.sin(89.0 * y))
+        )
+        rgb = skin * shade.unsqueeze(1)
+        return rgb + stubble.unsqueeze(1) * 0.45 * (0.12 - rgb)
+
     put(layer(face_sdf), face_rgb, CLASS_ID["skin"])
 
     # Brows: tilted bars whose thickness is a gender cue.
@@ -311,7 +327,7 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     tilt = 0.35 * (P("brow_tilt") - 0.5)
     for side, cls in ((-1.0, "l_brow"), (1.0, "r_brow")):
         bx = cx + fw * (side * 0.42 + 0.35 * pose)
-        put(layer(_ellipse_sdf(x, y, bx, y_brow, brow_a, brow_b, angle=-side * tilt)), brow_rgb, CLASS_ID[cls])
+        put(layer(_ellipse_sdf(x, y, bx, y_brow, brow_a, brow_b, angle=-side * tilt)), lambda: brow_rgb, CLASS_ID[cls])
 
     # Eyes: ellipses whose height / width is EYE_ASPECT_OPEN * eyes; iris follows the turn.
     eye_a = fw * (0.25 + 0.05 * P("eye_size"))
@@ -320,46 +336,60 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
     iris_rgb = _colour(0.08 + 0.3 * P("iris_dark"), 0.55 + 0.1 * P("iris_dark"), torch.full_like(pose, 0.5))
     for side, cls in ((-1.0, "l_eye"), (1.0, "r_eye")):
         ex = cx + fw * (side * 0.42 + 0.35 * pose)
-        iris_x = ex + 0.35 * eye_a * pose
-        iris = torch.sigmoid(-(torch.sqrt((x - iris_x) ** 2 + (y - eye_y) ** 2) - 0.45 * eye_a) / soft)
-        lid = torch.sigmoid(-((y - eye_y) / eye_b + 0.55) / 0.15)
-        rgb = 0.92 + iris.unsqueeze(1) * (iris_rgb - 0.92)
-        rgb = rgb + lid.unsqueeze(1) * (0.05 - rgb)
-        put(layer(_ellipse_sdf(x, y, ex, eye_y, eye_a, eye_b)), rgb, CLASS_ID[cls])
+
+        def eye_rgb(ex=ex):
+            iris_x = ex + 0.35 * eye_a * pose
+            iris = torch.sigmoid(-(torch.sqrt((x - iris_x) ** 2 + (y - eye_y) ** 2) - 0.45 * eye_a) / soft)
+            lid = torch.sigmoid(-((y - eye_y) / eye_b + 0.55) / 0.15)
+            rgb = 0.92 + iris.unsqueeze(1) * (iris_rgb - 0.92)
+            return rgb + lid.unsqueeze(1) * (0.05 - rgb)
+
+        put(layer(_ellipse_sdf(x, y, ex, eye_y, eye_a, eye_b)), eye_rgb, CLASS_ID[cls])
 
     # Nose: the feature that moves most when the head turns.
     nose_x = cx + fw * YAW_FULL * pose
-    nose_y = cy + 0.18 * fh
-    nose_a, nose_b = fw * (0.1 + 0.04 * P("nose_size")), fh * (0.16 + 0.05 * P("nose_size"))
-    nostrils = sum(
-        torch.sigmoid(
-            -_ellipse_sdf(x, y, nose_x + s * 0.45 * nose_a, nose_y + 0.7 * nose_b, 0.3 * nose_a, 0.18 * nose_b) / soft
+    nose_y = cy + 0.15 * fh
+    nose_a, nose_b = fw * (0.1 + 0.04 * P("nose_size")), fh * (0.15 + 0.04 * P("nose_size"))
+
+    def nose_rgb():
+        nostrils = sum(
+            torch.sigmoid(
+                -_ellipse_sdf(x, y, nose_x + s * 0.45 * nose_a, nose_y + 0.7 * nose_b, 0.3 * nose_a, 0.18 * nose_b)
+                / soft
+            )
+            for s in (-1.0, 1.0)
         )
-        for s in (-1.0, 1.0)
-    )
-    nose_rgb = skin * 0.9 + nostrils.unsqueeze(1) * (0.1 - skin * 0.9)
+        return skin * 0.9 + nostrils.unsqueeze(1) * (0.1 - skin * 0.9)
+
     put(layer(_ellipse_sdf(x, y, nose_x, nose_y, nose_a, nose_b)), nose_rgb, CLASS_ID["nose"])
 
     # Mouth: lips ring around an inner mouth whose area share is MOUTH_SHARE_OPEN * mouth.
     mouth_x = cx + fw * 0.38 * pose
-    mouth_y = cy + 0.62 * fh
-    mouth_a = 0.5 * fw
-    lip_b = fh * (0.06 + 0.05 * P("lip_full"))
+    mouth_y = cy + 0.64 * fh
+    mouth_a = 0.55 * fw
+    lip_b = fh * (0.07 + 0.04 * P("lip_full"))
     share = MOUTH_SHARE_OPEN * P("mouth").clamp(0, 1)
     inner_b = share * lip_b / (0.8 - share)  # area(inner) / area(outer) = 0.8 * inner_b / (lip_b + inner_b)
     outer = _ellipse_sdf(x, y, mouth_x, mouth_y, mouth_a, lip_b + inner_b)
     lip_rgb = _colour(0.45 - 0.15 * P("lip_red"), torch.full_like(pose, 0.98), 0.3 + 0.7 * P("lip_red"))
-    upper = torch.maximum(outer, y - mouth_y)
-    lower = torch.maximum(outer, mouth_y - y)
-    put(layer(upper), lip_rgb, CLASS_ID["u_lip"])
-    put(layer(lower), lip_rgb * 0.95, CLASS_ID["l_lip"])
+    put(layer(torch.maximum(outer, y - mouth_y)), lambda: lip_rgb, CLASS_ID["u_lip"])
+    put(layer(torch.maximum(outer, mouth_y - y)), lambda: lip_rgb * 0.95, CLASS_ID["l_lip"])
     inner = _ellipse_sdf(x, y, mouth_x, mouth_y, 0.8 * mouth_a, inner_b.clamp(min=1e-4))
-    teeth = torch.sigmoid(-(y - (mouth_y - 0.35 * inner_b)) / soft)
-    put(layer(inner), 0.1 + teeth.unsqueeze(1) * 0.7, CLASS_ID["mouth"])
+    put(
+        layer(inner),
+        lambda: 0.1 + torch.sigmoid(-(y - (mouth_y - 0.35 * inner_b)) / soft).unsqueeze(1) * 0.7,
+        CLASS_ID["mouth"],
+    )
 
     # Fringe over the forehead, above the brows.
     fringe_end = cy + fh * (-0.95 + 0.45 * P("fringe")) + 0.03 * torch.sin(25.0 * (x - cx))
     put(layer(torch.maximum(cap, y - fringe_end)), hair_rgb, CLASS_ID["hair"])
+
+    truth = {name: params[:, PARAM_INDEX[name]].detach().clone() for name in TRUTH_NAMES}
+    truth["gender"] = (truth["gender"] > 0.5).float()
+    truth["quality"] = (truth["quality"] >= 0.5).float()
+    if not with_image:
+        return RenderedFaces(images=None, labels=labels, truth=truth)
 
     # About 5 % of real StyleGAN samples are blurred over the top: the quality flag.
     bad = (0.5 - P("quality")).clamp(0, 0.5).squeeze(-1).squeeze(-1) * 2
@@ -369,9 +399,4 @@ def render_faces(params: torch.Tensor, resolution: int = 64) -> RenderedFaces:
         blurred = _gaussian_blur(img[idx], sigma_px=0.03 * resolution)
         mix = (bad[idx].view(-1, 1, 1) * top).unsqueeze(1)
         img = img.index_copy(0, idx, img[idx] + mix * (blurred - img[idx]))
-
-    images = img.clamp(0, 1) * 2 - 1
-    truth = {name: params[:, PARAM_INDEX[name]].detach().clone() for name in TRUTH_NAMES}
-    truth["gender"] = (truth["gender"] > 0.5).float()
-    truth["quality"] = (truth["quality"] >= 0.5).float()
-    return RenderedFaces(images=images, labels=labels, truth=truth)
+    return RenderedFaces(images=img.clamp(0, 1) * 2 - 1, labels=labels, truth=truth)

@@ -18,6 +18,7 @@ rule generate:
         truncation_psi=config["generator"]["truncation_psi"],
         truncation_layers=config["generator"]["truncation_layers"],
         device=config["device"],
+        mask_resolution=config["segmentation"]["mask_resolution"],
     threads: 2
     resources:
         gpu=1,

@@ -21,4 +21,5 @@ with logging_to(snakemake.log[0]):
         device=snakemake.params.device,
         truth_path=snakemake.output.truth[0] if synthetic else None,
         truth_masks_dir=snakemake.output.truth_masks[0] if synthetic else None,
+        mask_resolution=snakemake.params.mask_resolution,
     )

@@ -139,23 +139,23 @@ class SyntheticGenerator(nn.Module):
         def uniform(name, shift=0.0):
             return torch.sigmoid(1.7 * z[:, col[name]] + shift)
 
-        female = torch.sigmoid(6.0 * z[:, col["gender"]])
-        sign = 2 * female - 1
+        female = torch.sigmoid(12.0 * z[:, col["gender"]])  # mostly clearly one or the other
+        sign = torch.tanh(8.0 * z[:, col["gender"]])  # cue direction: clear except very near the boundary
         p = torch.sigmoid(1.7 * z)  # nuisance parameters: about uniform on (0, 1)
         out = {name: p[:, i] for i, name in enumerate(synthetic.PARAM_NAMES)}
         out["gender"] = female
-        out["hair_length"] = uniform("hair_length", 1.3 * sign)
-        out["jaw"] = uniform("jaw", -1.5 * sign)
-        out["brow_thick"] = uniform("brow_thick", -1.2 * sign)
-        out["lip_red"] = uniform("lip_red", 1.2 * sign)
-        out["lip_full"] = uniform("lip_full", 0.8 * sign)
-        out["stubble"] = uniform("stubble", -0.5) * (1 - female)
-        out["face_scale"] = uniform("face_scale", -0.6 * sign)
+        out["hair_length"] = uniform("hair_length", 1.8 * sign)
+        out["jaw"] = uniform("jaw", -2.5 * sign)
+        out["brow_thick"] = uniform("brow_thick", -2.5 * sign)
+        out["lip_red"] = uniform("lip_red", 2.0 * sign)
+        out["lip_full"] = uniform("lip_full", 1.5 * sign)
+        out["stubble"] = uniform("stubble", 0.5) * (1 - female)
+        out["face_scale"] = uniform("face_scale", -0.8 * sign)
         out["face_pose"] = 2 * uniform("face_pose") - 1
         out["hair_color"] = 0.05 + 0.9 * uniform("hair_color")
         low, high = synthetic.background_light_range(out["background_std"])
         out["background_light"] = low + (high - low) * uniform("background_light")
-        out["quality"] = torch.sigmoid(8.0 * (z[:, col["quality"]] + 1.645))  # about 5 % below 0.5
+        out["quality"] = torch.sigmoid(40.0 * (z[:, col["quality"]] + 1.645))  # about 5 % below 0.5, nearly all clearly
         return torch.stack([out[name] for name in synthetic.PARAM_NAMES], dim=1)
 
     def synthesis(self, wp: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
@@ -12,8 +13,28 @@ def generator_checkpoint():
     return config["generator"]["checkpoint"]
 
 
+def manual_labels(wildcards):
+    """The hand-label CSV; with real weights a missing file stops the DAG with what to do."""
+    path = config["labels"]["manual_csv"]
+    if not SYNTHETIC and not Path(path).exists():
+        raise WorkflowError(
+            f"Hand labels {path} are missing. Generate the images, then label the first "
+            f"{config['labels']['num_manual']} of them in the browser:\n"
+            "  snakemake --configfile <this config> --cores 8 results/generated/latents.parquet\n"
+            f"  vhuman-label --images results/generated/images --labels {path} "
+            f"--first {config['labels']['num_manual']}\n"
+            "then run the workflow again."
+        )
+    return path
+
+
 def final_outputs():
-    return [
+    outputs = [
         "results/generated/latents.parquet",
         "results/generated/grid.png",
+        "results/gender/metrics.json",
+        "results/subset/summary.json",
     ]
+    if SYNTHETIC:
+        outputs.append("results/gender/truth_check.json")
+    return outputs

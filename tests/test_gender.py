@@ -1,0 +1,90 @@
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from vhuman import gender
+from vhuman.io import save_png, to_uint8
+from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
+
+
+def test_auroc_matches_pair_counting_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)
+    labels = rng.random(60) < 0.4
+    pairs = [(1.0 if s > t else 0.5 if s == t else 0.0)
+             for (s, a), (t, b) in itertools.product(zip(scores, labels, strict=True), repeat=2) if a and not b]
+    assert gender.auroc(scores, labels) == pytest.approx(np.mean(pairs))
+    assert np.isnan(gender.auroc(scores, np.ones(60, bool)))
+
+
+def test_folds_are_stratified():
+    strata = np.array([0] * 50 + [1] * 10)
+    fold = gender.stratified_folds(strata, 5, seed=1)
+    for k in range(5):
+        assert (strata[fold == k] == 1).sum() == 2 and (fold == k).sum() == 12
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """120 faces whose 'gender' label is an easy visual rule (a bright background), so a short run must learn it."""
+    out = tmp_path_factory.mktemp("gender")
+    p = sample_face_params(120, seed=9)
+    p[:, PARAM_INDEX["quality"]] = 1.0
+    p[:, PARAM_INDEX["background_std"]] = 0.0
+    p[:, PARAM_INDEX["background_light"]] = torch.where(torch.arange(120) % 2 == 0, 0.85, 0.15)
+    with torch.inference_mode():
+        images = to_uint8(render_faces(p, 64).images)
+    ids = [f"{i:06d}" for i in range(120)]
+    for i, img in zip(ids, images, strict=True):
+        save_png(img, out / "images" / f"{i}.png")
+    female = np.arange(120) % 2 == 0
+    manual = pd.DataFrame({"image_id": ids[:80], "gender": np.where(female[:80], "female", "male"),
+                           "quality": "good", "labeled_at": "2024"})
+    settings = gender.ClassifierSettings(folds=2, max_epochs=6, patience=6, batch_size=16, width=8)
+    metrics = gender.train_and_label(out / "images", ids, manual, settings, out / "cnn.pth", out / "labels.parquet",
+                                     out / "metrics.json", progress=False)
+    return out, ids, female, metrics
+
+
+def test_ensemble_labels_every_image(dataset):
+    out, ids, female, metrics = dataset
+    table = pq.read_table(out / "labels.parquet").to_pandas()
+    assert list(table["image_id"]) == ids
+    assert (table["source"][:80] == "manual").all() and (table["source"][80:] == "model").all()
+    assert np.array_equal(table["p_female"][:80].to_numpy(), female[:80].astype(float))
+    rest = table[80:]
+    assert rest["p_female"].between(0, 1).all() and (rest["p_female_spread"] >= 0).all()
+    assert gender.auroc(rest["p_female"].to_numpy(), female[80:]) > 0.9
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["out_of_fold"]["gender"]["n"] == 80 and saved["model_labels"] == 40
+    assert {"accuracy", "f1", "auroc", "confusion"} <= set(saved["out_of_fold"]["gender"])
+    assert len(gender.load_ensemble(out / "cnn.pth")) == 2
+
+
+def test_in_memory_prediction_matches_files(dataset):
+    out, ids, female, _ = dataset
+    models = gender.load_ensemble(out / "cnn.pth")
+    p = sample_face_params(4, seed=9)
+    with torch.inference_mode():
+        probs = gender.predict_images(models, render_faces(p, 64).images, 64)
+    assert probs.shape == (4, 2) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_female_subset_thresholds(tmp_path):
+    labels = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "p_female": [0.9, 0.95, 0.6, 1.0],
+                           "p_good_quality": [0.95, 0.5, 0.99, np.nan], "source": "model"})
+    subset = gender.female_subset(labels, 0.7, 0.9, tmp_path / "s.parquet")
+    assert list(subset["image_id"]) == ["a", "d"]
+    assert list(pq.read_table(tmp_path / "s.parquet").column("image_id").to_pylist()) == ["a", "d"]
+
+
+def test_too_few_hand_labels_is_a_clear_error(tmp_path):
+    manual = pd.DataFrame({"image_id": ["000000"], "gender": ["female"], "quality": ["good"], "labeled_at": ["x"]})
+    with pytest.raises(ValueError, match="only 1 hand labels"):
+        gender.train_and_label(tmp_path, ["000000"], manual, gender.ClassifierSettings(), tmp_path / "m.pth",
+                               tmp_path / "l.parquet", tmp_path / "x.json", progress=False)

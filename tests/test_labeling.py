@@ -1,0 +1,211 @@
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pandas as pd
+import pytest
+import torch
+
+from vhuman.io import save_png, to_uint8
+from vhuman.labeling import LabelFileError, LabelStore, read_labels, serve, simulate_hand_labels
+from vhuman.synthetic import render_faces, sample_face_params
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("label_images")
+    with torch.inference_mode():
+        images = to_uint8(render_faces(sample_face_params(60, seed=2), 64).images)
+    for i, img in enumerate(images):
+        save_png(img, out / f"{i:06d}.png")
+    return out
+
+
+def ids(n):
+    return [f"{i:06d}" for i in range(n)]
+
+
+def test_store_labels_undo_skip_and_resume(tmp_path):
+    path = tmp_path / "labels.csv"
+    store = LabelStore(path, ids(5))
+    assert store.state()["next"][:2] == ["000000", "000001"]
+    store.label("000000", "female", "good")
+    store.skip("000001")
+    store.label("000002", "male", "bad")
+    assert store.state()["next"] == ["000003", "000004", "000001"]  # skipped ones come back last
+    assert store.undo() == "000002"
+    table = read_labels(path)
+    assert list(table["image_id"]) == ["000000"] and table["gender"][0] == "female"
+    resumed = LabelStore(path, ids(5))  # a new server picks up exactly where the last one was
+    assert resumed.state()["done"] == 1 and resumed.state()["next"][0] == "000001"
+    with pytest.raises(KeyError):
+        store.label("999999", "female", "good")
+    with pytest.raises(ValueError):
+        store.label("000003", "other", "good")
+
+
+def test_concurrent_labels_are_all_kept(tmp_path):
+    store = LabelStore(tmp_path / "labels.csv", ids(40))
+    threads = [threading.Thread(target=store.label, args=(i, "female", "good")) for i in ids(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(read_labels(tmp_path / "labels.csv")) == 40
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_malformed_label_files_name_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image_id,gender,quality,labeled_at\n000000,female,good,2024\n000001,woman,good,2024\n")
+    with pytest.raises(LabelFileError, match="bad.csv, line 3"):
+        read_labels(bad)
+    other = tmp_path / "other.csv"
+    other.write_text("image_id,gender,quality,labeled_at\n123456,female,good,2024\n")
+    with pytest.raises(LabelFileError, match="not among the generated images"):
+        read_labels(other, known_ids=set(ids(5)))
+
+
+def test_simulated_labels_flip_at_the_error_rate(tmp_path):
+    n = 4000
+    truth = pd.DataFrame({"image_id": ids(n), "gender": [1.0, 0.0] * (n // 2), "quality": 1.0})
+    flipped = simulate_hand_labels(truth, 3000, 0.05, 0, tmp_path / "sim.csv")
+    table = read_labels(tmp_path / "sim.csv")
+    assert len(table) == 3000
+    wrong = ((table["gender"] == "female") != (truth["gender"][:3000] > 0.5)).mean()
+    assert 0.04 < wrong < 0.06 and 240 < flipped < 360
+
+
+@pytest.fixture()
+def server(images_dir, tmp_path):
+    srv = serve(images_dir, tmp_path / "labels.csv", first=50, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(url, data=None):
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_server_binds_loopback_and_serves_only_dataset_images(server):
+    base, srv = server
+    assert srv.server_address[0] == "127.0.0.1"
+    assert request(base + "/images/000003.png")[0] == 200
+    for path in ("/images/../../etc/passwd", "/images/%2e%2e/%2e%2e/etc/passwd", "/images/000055.png",
+                 "/images/999999.png", "/etc/passwd", "/images/000003.png/../../labels.csv"):
+        assert request(base + path)[0] == 404, path
+    assert request(base + "/api/label", {"image_id": "999999", "gender": "female", "quality": "good"})[0] == 404
+    assert request(base + "/api/label", {"image_id": "000001", "gender": "x", "quality": "good"})[0] == 400
+    status, body = request(base + "/api/label", {"image_id": "000000", "gender": "male", "quality": "bad"})
+    assert status == 200 and json.loads(body)["done"] == 1
+
+
+# ---- the page in a real browser --------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server_process(images_dir, labels, port):
+    proc = subprocess.Popen([sys.executable, "-m", "vhuman.labeling", "--images", str(images_dir), "--labels",
+                             str(labels), "--first", "60", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the labelling server did not start")
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        if os.environ.get("VHUMAN_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    drv = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
+    yield drv
+    drv.quit()
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
+
+
+def test_label_50_by_keyboard_undo_kill_and_resume(browser, images_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    labels, port = tmp_path / "labels.csv", free_port()
+    proc = start_server_process(images_dir, labels, port)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        face = browser.find_element(By.ID, "face")
+        wait_for(lambda: face.get_attribute("data-id") == "000000")
+        given = {}
+        for k in range(50):
+            current = face.get_attribute("data-id")
+            bad = k % 7 == 3
+            if bad:
+                body.send_keys("b")
+            key = "f" if k % 3 else "m"
+            body.send_keys(key)
+            given[current] = ("female" if key == "f" else "male", "bad" if bad else "good")
+            wait_for(lambda current=current: face.get_attribute("data-id") != current)
+        assert "50 / 60" in browser.find_element(By.ID, "status").text
+        body.send_keys("z")  # undo the 50th
+        wait_for(lambda: face.get_attribute("data-id") == "000049")
+        del given["000049"]
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a killed server, not a polite shutdown
+        proc.wait()
+    proc = start_server_process(images_dir, labels, port)
+    try:
+        browser.refresh()
+        face = browser.find_element(By.ID, "face")
+        wait_for(lambda: face.get_attribute("data-id") == "000049")  # resumes exactly where labelling stopped
+        assert "49 / 60" in browser.find_element(By.ID, "status").text
+    finally:
+        proc.terminate()
+        proc.wait()
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["image_id"]: (r["gender"], r["quality"]) for r in rows} == given

@@ -1,0 +1,79 @@
+# Stage 2-3: hand labels of the first images, a k-fold CNN for the rest, and the female subset.
+
+if SYNTHETIC:
+
+    rule simulated_hand_labels:
+        input:
+            truth="results/generated/truth.parquet",
+        output:
+            config["labels"]["manual_csv"],
+        params:
+            first=config["labels"]["num_manual"],
+            error_rate=config["labels"]["simulated_error_rate"],
+            seed=config["labels"]["seed"],
+        log:
+            "logs/simulated_hand_labels.log",
+        script:
+            "../scripts/simulated_hand_labels.py"
+
+
+rule gender_cnn:
+    input:
+        images="results/generated/images",
+        latents="results/generated/latents.parquet",
+        manual=manual_labels,
+    output:
+        model="results/gender/cnn.pth",
+        labels="results/gender/labels.parquet",
+        metrics=report(
+            "results/gender/metrics.json",
+            caption="../report/gender_metrics.rst",
+            category="2. Gender labels",
+        ),
+    params:
+        settings=config["gender_cnn"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/gender_cnn.log",
+    script:
+        "../scripts/gender_cnn.py"
+
+
+rule female_subset:
+    input:
+        labels="results/gender/labels.parquet",
+    output:
+        subset="results/subset/female.parquet",
+        summary=report(
+            "results/subset/summary.json",
+            caption="../report/female_subset.rst",
+            category="2. Gender labels",
+        ),
+    params:
+        min_p_female=config["subset"]["min_p_female"],
+        min_p_good_quality=config["subset"]["min_p_good_quality"],
+    log:
+        "logs/female_subset.log",
+    script:
+        "../scripts/female_subset.py"
+
+
+if SYNTHETIC:
+
+    rule gender_truth_check:
+        input:
+            labels="results/gender/labels.parquet",
+            subset="results/subset/female.parquet",
+            truth="results/generated/truth.parquet",
+        output:
+            report(
+                "results/gender/truth_check.json",
+                caption="../report/gender_truth_check.rst",
+                category="2. Gender labels",
+            ),
+        log:
+            "logs/gender_truth_check.log",
+        script:
+            "../scripts/gender_truth_check.py"

@@ -70,7 +70,9 @@ def test_preprocessing_and_parsing_shapes(legacy_file):
     assert x.shape == (2, 3, 512, 512)
     # ImageNet normalisation of a mid-grey pixel
     grey = preprocess(np.full((1, 8, 8, 3), 128, np.uint8))[0, :, 0, 0]
-    torch.testing.assert_close(grey, (torch.tensor([128 / 255] * 3) - torch.tensor([0.485, 0.456, 0.406]))
-                               / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(
+        grey,
+        (torch.tensor([128 / 255] * 3) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]),
+    )
     labels = parse_faces(load_bisenet(legacy_file), images[:1], torch.device("cpu"))
     assert labels.shape == (1, 512, 512) and labels.dtype == np.uint8 and labels.max() < 19

@@ -16,8 +16,11 @@ def test_auroc_matches_pair_counting_with_ties():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 60).astype(float)
     labels = rng.random(60) < 0.4
-    pairs = [(1.0 if s > t else 0.5 if s == t else 0.0)
-             for (s, a), (t, b) in itertools.product(zip(scores, labels, strict=True), repeat=2) if a and not b]
+    pairs = [
+        (1.0 if s > t else 0.5 if s == t else 0.0)
+        for (s, a), (t, b) in itertools.product(zip(scores, labels, strict=True), repeat=2)
+        if a and not b
+    ]
     assert gender.auroc(scores, labels) == pytest.approx(np.mean(pairs))
     assert np.isnan(gender.auroc(scores, np.ones(60, bool)))
 
@@ -43,11 +46,25 @@ def dataset(tmp_path_factory):
     for i, img in zip(ids, images, strict=True):
         save_png(img, out / "images" / f"{i}.png")
     female = np.arange(120) % 2 == 0
-    manual = pd.DataFrame({"image_id": ids[:80], "gender": np.where(female[:80], "female", "male"),
-                           "quality": "good", "labeled_at": "2024"})
+    manual = pd.DataFrame(
+        {
+            "image_id": ids[:80],
+            "gender": np.where(female[:80], "female", "male"),
+            "quality": "good",
+            "labeled_at": "2024",
+        }
+    )
     settings = gender.ClassifierSettings(folds=2, max_epochs=6, patience=6, batch_size=16, width=8)
-    metrics = gender.train_and_label(out / "images", ids, manual, settings, out / "cnn.pth", out / "labels.parquet",
-                                     out / "metrics.json", progress=False)
+    metrics = gender.train_and_label(
+        out / "images",
+        ids,
+        manual,
+        settings,
+        out / "cnn.pth",
+        out / "labels.parquet",
+        out / "metrics.json",
+        progress=False,
+    )
     return out, ids, female, metrics
 
 
@@ -76,8 +93,14 @@ def test_in_memory_prediction_matches_files(dataset):
 
 
 def test_female_subset_thresholds(tmp_path):
-    labels = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "p_female": [0.9, 0.95, 0.6, 1.0],
-                           "p_good_quality": [0.95, 0.5, 0.99, np.nan], "source": "model"})
+    labels = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d"],
+            "p_female": [0.9, 0.95, 0.6, 1.0],
+            "p_good_quality": [0.95, 0.5, 0.99, np.nan],
+            "source": "model",
+        }
+    )
     subset = gender.female_subset(labels, 0.7, 0.9, tmp_path / "s.parquet")
     assert list(subset["image_id"]) == ["a", "d"]
     assert list(pq.read_table(tmp_path / "s.parquet").column("image_id").to_pylist()) == ["a", "d"]
@@ -86,5 +109,13 @@ def test_female_subset_thresholds(tmp_path):
 def test_too_few_hand_labels_is_a_clear_error(tmp_path):
     manual = pd.DataFrame({"image_id": ["000000"], "gender": ["female"], "quality": ["good"], "labeled_at": ["x"]})
     with pytest.raises(ValueError, match="only 1 hand labels"):
-        gender.train_and_label(tmp_path, ["000000"], manual, gender.ClassifierSettings(), tmp_path / "m.pth",
-                               tmp_path / "l.parquet", tmp_path / "x.json", progress=False)
+        gender.train_and_label(
+            tmp_path,
+            ["000000"],
+            manual,
+            gender.ClassifierSettings(),
+            tmp_path / "m.pth",
+            tmp_path / "l.parquet",
+            tmp_path / "x.json",
+            progress=False,
+        )

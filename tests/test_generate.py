@@ -11,9 +11,18 @@ from vhuman.io import column_vectors, load_image, load_label_map
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    generate_images(SyntheticGenerator(64, seed=0), num_images=10, base_seed=100, images_dir=out / "images",
-                    latents_path=out / "latents.parquet", batch_size=4, device="cpu",
-                    truth_path=out / "truth.parquet", truth_masks_dir=out / "masks", progress=False)
+    generate_images(
+        SyntheticGenerator(64, seed=0),
+        num_images=10,
+        base_seed=100,
+        images_dir=out / "images",
+        latents_path=out / "latents.parquet",
+        batch_size=4,
+        device="cpu",
+        truth_path=out / "truth.parquet",
+        truth_masks_dir=out / "masks",
+        progress=False,
+    )
     return out
 
 
@@ -27,8 +36,15 @@ def test_every_image_has_its_seed_z_and_w(generated):
 
 
 def test_one_image_redrawn_alone_from_its_seed_is_identical(generated, tmp_path):
-    generate_images(SyntheticGenerator(64, seed=0), num_images=1, base_seed=103, images_dir=tmp_path / "images",
-                    latents_path=tmp_path / "latents.parquet", device="cpu", progress=False)
+    generate_images(
+        SyntheticGenerator(64, seed=0),
+        num_images=1,
+        base_seed=103,
+        images_dir=tmp_path / "images",
+        latents_path=tmp_path / "latents.parquet",
+        device="cpu",
+        progress=False,
+    )
     alone = load_image(tmp_path / "images" / "000000.png").astype(int)
     in_batch = load_image(generated / "images" / "000003.png").astype(int)
     # Matrix products round differently for other batch sizes: a grey level at most, on a few pixels.

@@ -97,8 +97,9 @@ def server(images_dir, tmp_path):
 
 def request(url, data=None):
     body = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=body, method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, resp.read()
@@ -110,8 +111,14 @@ def test_server_binds_loopback_and_serves_only_dataset_images(server):
     base, srv = server
     assert srv.server_address[0] == "127.0.0.1"
     assert request(base + "/images/000003.png")[0] == 200
-    for path in ("/images/../../etc/passwd", "/images/%2e%2e/%2e%2e/etc/passwd", "/images/000055.png",
-                 "/images/999999.png", "/etc/passwd", "/images/000003.png/../../labels.csv"):
+    for path in (
+        "/images/../../etc/passwd",
+        "/images/%2e%2e/%2e%2e/etc/passwd",
+        "/images/000055.png",
+        "/images/999999.png",
+        "/etc/passwd",
+        "/images/000003.png/../../labels.csv",
+    ):
         assert request(base + path)[0] == 404, path
     assert request(base + "/api/label", {"image_id": "999999", "gender": "female", "quality": "good"})[0] == 404
     assert request(base + "/api/label", {"image_id": "000001", "gender": "x", "quality": "good"})[0] == 400
@@ -121,6 +128,7 @@ def test_server_binds_loopback_and_serves_only_dataset_images(server):
 
 # ---- the page in a real browser --------------------------------------------------------------------------------
 
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,9 +136,24 @@ def free_port():
 
 
 def start_server_process(images_dir, labels, port):
-    proc = subprocess.Popen([sys.executable, "-m", "vhuman.labeling", "--images", str(images_dir), "--labels",
-                             str(labels), "--first", "60", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vhuman.labeling",
+            "--images",
+            str(images_dir),
+            "--labels",
+            str(labels),
+            "--first",
+            "60",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -152,9 +175,18 @@ def browser(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     drv = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
     yield drv

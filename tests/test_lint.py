@@ -8,8 +8,9 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_is_clean():
-    proc = subprocess.run([str(BIN / "ruff"), "check", "src", "tests", "workflow", "benchmarks"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "ruff"), "check", "src", "tests", "workflow", "benchmarks"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout
 
 

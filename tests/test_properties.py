@@ -92,8 +92,9 @@ def test_property_table_file(rendered, tmp_path):
     for i, name in enumerate(ids):
         save_png(images[i], tmp_path / "images" / f"{name}.png")
         save_png(labels[i], tmp_path / "masks" / f"{name}.png", palette=np.zeros((19, 3), np.uint8))
-    table = properties.property_table(ids, tmp_path / "images", tmp_path / "masks", tmp_path / "p.parquet",
-                                      progress=False)
+    table = properties.property_table(
+        ids, tmp_path / "images", tmp_path / "masks", tmp_path / "p.parquet", progress=False
+    )
     stored = pq.read_table(tmp_path / "p.parquet")
     assert stored.column("image_id").to_pylist() == ids
     for name in PROPERTY_NAMES:

@@ -123,8 +123,10 @@ def test_gender_has_several_overlapping_cues():
         f, m = x[female.numpy()], x[~female.numpy()]
         assert abs(f.mean() - m.mean()) > 0.1, cue  # a real cue
         threshold = (np.median(f) + np.median(m)) / 2
-        accuracy = max(((f > threshold).mean() + (m <= threshold).mean()) / 2,
-                       ((f <= threshold).mean() + (m > threshold).mean()) / 2)
+        accuracy = max(
+            ((f > threshold).mean() + (m <= threshold).mean()) / 2,
+            ((f <= threshold).mean() + (m > threshold).mean()) / 2,
+        )
         assert accuracy < 0.93, cue  # but no single cue decides
 
 

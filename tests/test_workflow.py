@@ -25,8 +25,9 @@ def workdir_copy(tmp_path: Path) -> Path:
 
 
 def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args], cwd=work,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args], cwd=work, capture_output=True, text=True
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

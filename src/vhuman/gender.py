@@ -89,7 +89,7 @@ def _random_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tens
     h, w = x.shape[2:]
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dy, dx = torch.randint(0, 2 * pad + 1, (2, len(x)), generator=gen)
-    return torch.stack([padded[i, :, dy[i]: dy[i] + h, dx[i]: dx[i] + w] for i in range(len(x))])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(x))])
 
 
 def _loss(logits, female, good, has_quality, bad_weight):
@@ -105,15 +105,16 @@ def _predict(model, images, batch_size=256) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = _to_input(images[start: start + batch_size])
+            x = _to_input(images[start : start + batch_size])
             # Average with the mirror image: gender and quality do not depend on the side.
             logits = (model(x) + model(torch.flip(x, dims=[3]))) / 2
             out.append(torch.sigmoid(logits).numpy())
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def train_fold(images, female, good, has_quality, train_idx, val_idx, settings: ClassifierSettings, fold: int,
-               log=None):
+def train_fold(
+    images, female, good, has_quality, train_idx, val_idx, settings: ClassifierSettings, fold: int, log=None
+):
     torch.manual_seed(settings.seed * 100 + fold)
     gen = torch.Generator().manual_seed(settings.seed * 100 + fold)
     model = GenderQualityNet(settings.width)
@@ -129,7 +130,7 @@ def train_fold(images, female, good, has_quality, train_idx, val_idx, settings: 
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         for start in range(0, len(order), settings.batch_size):
-            idx = order[start: start + settings.batch_size]
+            idx = order[start : start + settings.batch_size]
             x = _to_input(images[idx])
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), torch.flip(x, dims=[3]), x)
@@ -142,7 +143,7 @@ def train_fold(images, female, good, has_quality, train_idx, val_idx, settings: 
             schedule.step()
         model.eval()
         with torch.inference_mode():
-            logits = torch.cat([model(_to_input(images[val_idx[s: s + 256]])) for s in range(0, len(val_idx), 256)])
+            logits = torch.cat([model(_to_input(images[val_idx[s : s + 256]])) for s in range(0, len(val_idx), 256)])
             val_loss = float(_loss(logits, *val, bad_weight))
         history.append({"fold": fold, "epoch": epoch, "val_loss": val_loss})
         if log:
@@ -174,19 +175,34 @@ def binary_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5) 
     fp, fn = int((pred & ~truth).sum()), int((~pred & truth).sum())
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
-    return {"n": int(len(truth)), "accuracy": (tp + tn) / max(len(truth), 1),
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "precision": precision, "recall": recall,
-            "auroc": auroc(prob, truth), "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn}}
+    return {
+        "n": int(len(truth)),
+        "accuracy": (tp + tn) / max(len(truth), 1),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "auroc": auroc(prob, truth),
+        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+    }
 
 
-def train_and_label(images_dir: str | Path, all_ids: list[str], manual: pd.DataFrame, settings: ClassifierSettings,
-                    model_path: str | Path, labels_path: str | Path, metrics_path: str | Path,
-                    progress: bool = True) -> dict:
+def train_and_label(
+    images_dir: str | Path,
+    all_ids: list[str],
+    manual: pd.DataFrame,
+    settings: ClassifierSettings,
+    model_path: str | Path,
+    labels_path: str | Path,
+    metrics_path: str | Path,
+    progress: bool = True,
+) -> dict:
     """Train the k-fold ensemble on the hand labels; write models, labels for all images and metrics."""
     manual = manual.sort_values("image_id").reset_index(drop=True)
     if len(manual) < 2 * settings.folds:
-        raise ValueError(f"only {len(manual)} hand labels: at least {2 * settings.folds} are needed for "
-                         f"{settings.folds}-fold training")
+        raise ValueError(
+            f"only {len(manual)} hand labels: at least {2 * settings.folds} are needed for "
+            f"{settings.folds}-fold training"
+        )
     log = tqdm.write if progress else None
     images = load_images(images_dir, list(manual["image_id"]), settings.input_size)
     female = torch.tensor((manual["gender"] == "female").to_numpy(), dtype=torch.float32)
@@ -203,20 +219,45 @@ def train_and_label(images_dir: str | Path, all_ids: list[str], manual: pd.DataF
         history += hist
     save_torch_atomic({"settings": asdict(settings), "folds": states}, model_path)
 
-    metrics = {"hand_labels": len(manual), "folds": settings.folds,
-               "out_of_fold": {"gender": binary_metrics(oof[:, 0], female.numpy()),
-                               "quality": binary_metrics(oof[:, 1], good.numpy())},
-               "history": history}
+    metrics = {
+        "hand_labels": len(manual),
+        "folds": settings.folds,
+        "out_of_fold": {
+            "gender": binary_metrics(oof[:, 0], female.numpy()),
+            "quality": binary_metrics(oof[:, 1], good.numpy()),
+        },
+        "history": history,
+    }
     models = load_ensemble(model_path)
     labeled = set(manual["image_id"])
     rest = [i for i in all_ids if i not in labeled]
     probs, spread = ensemble_predict(models, images_dir, rest, settings.input_size, progress=progress)
-    table = pd.concat([
-        pd.DataFrame({"image_id": manual["image_id"], "p_female": female.numpy(), "p_good_quality": good.numpy(),
-                      "source": "manual", "p_female_spread": 0.0}),
-        pd.DataFrame({"image_id": rest, "p_female": probs[:, 0], "p_good_quality": probs[:, 1],
-                      "source": "model", "p_female_spread": spread[:, 0]}),
-    ]).sort_values("image_id").reset_index(drop=True)
+    table = (
+        pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "image_id": manual["image_id"],
+                        "p_female": female.numpy(),
+                        "p_good_quality": good.numpy(),
+                        "source": "manual",
+                        "p_female_spread": 0.0,
+                    }
+                ),
+                pd.DataFrame(
+                    {
+                        "image_id": rest,
+                        "p_female": probs[:, 0],
+                        "p_good_quality": probs[:, 1],
+                        "source": "model",
+                        "p_female_spread": spread[:, 0],
+                    }
+                ),
+            ]
+        )
+        .sort_values("image_id")
+        .reset_index(drop=True)
+    )
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), labels_path)
     metrics["model_labels"] = len(rest)
     with atomic_path(metrics_path) as tmp:
@@ -238,7 +279,7 @@ def ensemble_predict(models, images_dir, image_ids, input_size, batch_size=512, 
     """Mean and spread (std over folds) of [p_female, p_good_quality] per image."""
     means, stds = [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="gender inference", disable=not progress):
-        x = load_images(images_dir, image_ids[start: start + batch_size], input_size)
+        x = load_images(images_dir, image_ids[start : start + batch_size], input_size)
         p = np.stack([_predict(m, x) for m in models])
         means.append(p.mean(0))
         stds.append(p.std(0))
@@ -260,14 +301,17 @@ def truth_check(labels: pd.DataFrame, truth: pd.DataFrame, subset: pd.DataFrame)
     """Synthetic world only: the model's labels and the subset measured against the exact truth."""
     model = labels[labels["source"] == "model"].merge(truth, on="image_id")
     kept = subset.merge(truth, on="image_id")
-    return {"model_labelled": len(model),
-            "gender_auroc": auroc(model["p_female"].to_numpy(), model["gender"].to_numpy() > 0.5),
-            "quality_auroc": auroc(model["p_good_quality"].to_numpy(), model["quality"].to_numpy() > 0.5),
-            "subset_size": len(kept),
-            "subset_female_precision": float((kept["gender"] > 0.5).mean()) if len(kept) else float("nan"),
-            "subset_good_quality_precision": float((kept["quality"] > 0.5).mean()) if len(kept) else float("nan"),
-            "subset_recall_of_good_females": float(len(kept) / max(((truth["gender"] > 0.5)
-                                                                      & (truth["quality"] > 0.5)).sum(), 1))}
+    return {
+        "model_labelled": len(model),
+        "gender_auroc": auroc(model["p_female"].to_numpy(), model["gender"].to_numpy() > 0.5),
+        "quality_auroc": auroc(model["p_good_quality"].to_numpy(), model["quality"].to_numpy() > 0.5),
+        "subset_size": len(kept),
+        "subset_female_precision": float((kept["gender"] > 0.5).mean()) if len(kept) else float("nan"),
+        "subset_good_quality_precision": float((kept["quality"] > 0.5).mean()) if len(kept) else float("nan"),
+        "subset_recall_of_good_females": float(
+            len(kept) / max(((truth["gender"] > 0.5) & (truth["quality"] > 0.5)).sum(), 1)
+        ),
+    }
 
 
 def female_subset(labels: pd.DataFrame, min_p_female: float, min_p_good: float, out_path: str | Path) -> pd.DataFrame:

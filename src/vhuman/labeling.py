@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -47,11 +47,15 @@ def read_labels(path: str | Path, known_ids: set[str] | None = None) -> pd.DataF
         rows = {}
         for line, row in enumerate(reader, start=2):
             if row["gender"] not in GENDERS or row["quality"] not in QUALITIES:
-                raise LabelFileError(f"{path}, line {line}: gender must be one of {GENDERS} and quality one of "
-                                     f"{QUALITIES}, got {row['gender']!r}, {row['quality']!r}; fix or delete the line")
+                raise LabelFileError(
+                    f"{path}, line {line}: gender must be one of {GENDERS} and quality one of "
+                    f"{QUALITIES}, got {row['gender']!r}, {row['quality']!r}; fix or delete the line"
+                )
             if known_ids is not None and row["image_id"] not in known_ids:
-                raise LabelFileError(f"{path}, line {line}: image {row['image_id']!r} is not among the generated "
-                                     "images; were the labels made for another run?")
+                raise LabelFileError(
+                    f"{path}, line {line}: image {row['image_id']!r} is not among the generated "
+                    "images; were the labels made for another run?"
+                )
             rows[row["image_id"]] = row
     return pd.DataFrame(list(rows.values()), columns=list(COLUMNS))
 
@@ -82,7 +86,9 @@ class LabelStore:
         self.known = set(self.image_ids)
         table = read_labels(self.path, self.known)
         # Insertion order is labelling order, which undo walks back.
-        self.rows: dict[str, dict] = {r["image_id"]: dict(r) for r in table.sort_values("labeled_at").to_dict("records")}
+        self.rows: dict[str, dict] = {
+            r["image_id"]: dict(r) for r in table.sort_values("labeled_at").to_dict("records")
+        }
         self.skipped: list[str] = []
         self.lock = threading.Lock()
         self.started = time.time()
@@ -96,9 +102,13 @@ class LabelStore:
     def state(self, count: int = 5) -> dict:
         with self.lock:
             minutes = max((time.time() - self.started) / 60, 1e-9)
-            return {"total": len(self.image_ids), "done": len(self.rows), "next": self._next(count),
-                    "rate_per_min": round((len(self.rows) - self.done_at_start) / minutes, 1),
-                    "last": next(reversed(self.rows)) if self.rows else None}
+            return {
+                "total": len(self.image_ids),
+                "done": len(self.rows),
+                "next": self._next(count),
+                "rate_per_min": round((len(self.rows) - self.done_at_start) / minutes, 1),
+                "last": next(reversed(self.rows)) if self.rows else None,
+            }
 
     def label(self, image_id: str, gender: str, quality: str) -> None:
         if image_id not in self.known:
@@ -107,8 +117,12 @@ class LabelStore:
             raise ValueError(f"gender must be one of {GENDERS}, quality one of {QUALITIES}")
         with self.lock:
             self.rows.pop(image_id, None)
-            self.rows[image_id] = {"image_id": image_id, "gender": gender, "quality": quality,
-                                   "labeled_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+            self.rows[image_id] = {
+                "image_id": image_id,
+                "gender": gender,
+                "quality": quality,
+                "labeled_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            }
             if image_id in self.skipped:
                 self.skipped.remove(image_id)
             write_labels(self.path, list(self.rows.values()))
@@ -165,7 +179,10 @@ function show(state) {
     `${state.done} / ${state.total} labelled · ${state.rate_per_min} per minute`;
   const img = document.getElementById("face");
   if (current) { img.src = "/images/" + current + ".png"; img.dataset.id = current; }
-  else { img.removeAttribute("src"); img.dataset.id = ""; document.getElementById("status").textContent += " · all done"; }
+  else {
+    img.removeAttribute("src"); img.dataset.id = "";
+    document.getElementById("status").textContent += " · all done";
+  }
   for (const id of state.next.slice(1)) { new Image().src = "/images/" + id + ".png"; }
   bad = false; render();
 }
@@ -248,13 +265,15 @@ def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
     return ids[:first] if first else ids
 
 
-def serve(images_dir: str | Path, labels_csv: str | Path, first: int | None = 2000, host: str = "127.0.0.1",
-          port: int = 8765) -> ThreadingHTTPServer:
+def serve(
+    images_dir: str | Path, labels_csv: str | Path, first: int | None = 2000, host: str = "127.0.0.1", port: int = 8765
+) -> ThreadingHTTPServer:
     """Build (not start) the labelling server for the first ``first`` images of ``images_dir``."""
     ids = dataset_ids(images_dir, first)
     if not ids:
-        raise FileNotFoundError(f"{images_dir}: no images to label; run `snakemake results/generated/latents.parquet`"
-                                " first")
+        raise FileNotFoundError(
+            f"{images_dir}: no images to label; run `snakemake results/generated/latents.parquet` first"
+        )
     store = LabelStore(labels_csv, ids)
     return ThreadingHTTPServer((host, port), make_handler(store, Path(images_dir)))
 
@@ -271,10 +290,16 @@ def simulate_hand_labels(truth: pd.DataFrame, first: int, error_rate: float, see
     flip_q = rng.random(len(rows)) < error_rate
     female = (rows["gender"].to_numpy() > 0.5) ^ flip_g
     good = (rows["quality"].to_numpy() > 0.5) ^ flip_q
-    start = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
-    out = [{"image_id": i, "gender": "female" if f else "male", "quality": "good" if q else "bad",
-            "labeled_at": datetime.fromtimestamp(start + k, timezone.utc).isoformat(timespec="microseconds")}
-           for k, (i, f, q) in enumerate(zip(rows["image_id"], female, good, strict=True))]
+    start = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+    out = [
+        {
+            "image_id": i,
+            "gender": "female" if f else "male",
+            "quality": "good" if q else "bad",
+            "labeled_at": datetime.fromtimestamp(start + k, UTC).isoformat(timespec="microseconds"),
+        }
+        for k, (i, f, q) in enumerate(zip(rows["image_id"], female, good, strict=True))
+    ]
     write_labels(out_path, out)
     return int(flip_g.sum() + flip_q.sum())
 
@@ -288,8 +313,11 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args(argv)
     server = serve(args.images, args.labels, args.first, args.host, args.port)
-    print(f"Labelling page: http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop; labels are saved on "
-          f"every key press to {args.labels})", flush=True)
+    print(
+        f"Labelling page: http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop; labels are saved on "
+        f"every key press to {args.labels})",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

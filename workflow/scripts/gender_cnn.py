@@ -9,5 +9,12 @@ with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     ids = list(pd.read_parquet(snakemake.input.latents, columns=["image_id"])["image_id"])
     manual = read_labels(snakemake.input.manual, known_ids=set(ids))
-    train_and_label(snakemake.input.images, ids, manual, ClassifierSettings(**snakemake.params.settings),
-                    snakemake.output.model, snakemake.output.labels, snakemake.output.metrics)
+    train_and_label(
+        snakemake.input.images,
+        ids,
+        manual,
+        ClassifierSettings(**snakemake.params.settings),
+        snakemake.output.model,
+        snakemake.output.labels,
+        snakemake.output.metrics,
+    )

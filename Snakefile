@@ -16,6 +16,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/gender.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/properties.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

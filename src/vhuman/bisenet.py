@@ -153,8 +153,10 @@ def load_bisenet(path: str | Path) -> BiSeNet:
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or "cp.resnet.conv1.weight" not in {k.removeprefix("module.") for k in sd}:
-        raise CheckpointError(f"{path}: not a BiSeNet face-parsing checkpoint (no 'cp.resnet.conv1.weight'); "
-                              "download 79999_iter.pth from face-parsing.PyTorch (see README)")
+        raise CheckpointError(
+            f"{path}: not a BiSeNet face-parsing checkpoint (no 'cp.resnet.conv1.weight'); "
+            "download 79999_iter.pth from face-parsing.PyTorch (see README)"
+        )
     sd = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in sd.items()}
     net = BiSeNet(NUM_CLASSES)
     try:

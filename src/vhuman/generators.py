@@ -200,8 +200,10 @@ def load_generator(path: str | Path, kind: str = "auto", resolution: int | None 
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: synthetic generator weights do not match its settings: {exc}") from exc
         if resolution is not None and gen.resolution != resolution:
-            raise CheckpointError(f"{path}: draws {gen.resolution}x{gen.resolution} images but the config asks for "
-                                  f"{resolution}; rebuild it or fix 'resolution' in the config")
+            raise CheckpointError(
+                f"{path}: draws {gen.resolution}x{gen.resolution} images but the config asks for "
+                f"{resolution}; rebuild it or fix 'resolution' in the config"
+            )
         return gen.eval()
     if kind == "synthetic":
         raise CheckpointError(

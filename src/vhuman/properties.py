@@ -56,7 +56,7 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            out &= m[:, dy: dy + mask.shape[1], dx: dx + mask.shape[2]]
+            out &= m[:, dy : dy + mask.shape[1], dx : dx + mask.shape[2]]
     return out
 
 
@@ -97,8 +97,11 @@ def eye_openness(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for i in np.nonzero(cols.any(1))[0]:
         c = np.nonzero(cols[i])[0]
         gaps = np.diff(c)
-        split[i] = (c[np.argmax(gaps)] + c[np.argmax(gaps) + 1]) / 2 if gaps.size and gaps.max() > 1 else (
-            w if c.mean() < w / 2 else -1)
+        split[i] = (
+            (c[np.argmax(gaps)] + c[np.argmax(gaps) + 1]) / 2
+            if gaps.size and gaps.max() > 1
+            else (w if c.mean() < w / 2 else -1)
+        )
     ratios, counts = [], []
     for side in (xs < split[:, None, None], xs > split[:, None, None]):
         m = eyes & side
@@ -179,7 +182,7 @@ def colour_properties(labels: np.ndarray, images: np.ndarray) -> dict[str, np.nd
     hair = labels == CLASS_ID["hair"]
     hair_core = _erode(hair)
     background = _erode(labels == CLASS_ID["background"])
-    background[:, h // 2:] = False
+    background[:, h // 2 :] = False
     out = {k: np.full(n, np.nan, dtype=np.float64) for k in ("hair_color", "background_light", "background_std")}
     for i in range(n):
         px = luma[i][hair_core[i]] if hair_core[i].sum() >= MIN_PIXELS else luma[i][hair[i]]
@@ -219,12 +222,19 @@ def add_z_scores(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[flo
     return table, stats
 
 
-def property_table(image_ids: list[str], images_dir: str | Path, masks_dir: str | Path, out_path: str | Path,
-                   extra: pd.DataFrame | None = None, batch_size: int = 512, progress: bool = True) -> pd.DataFrame:
+def property_table(
+    image_ids: list[str],
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    out_path: str | Path,
+    extra: pd.DataFrame | None = None,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Measure every image's properties from ``masks_dir/{id}.png`` and write the Parquet table."""
     parts = []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="properties", unit="batch", disable=not progress):
-        ids = image_ids[start: start + batch_size]
+        ids = image_ids[start : start + batch_size]
         labels = np.stack([load_label_map(Path(masks_dir) / f"{i}.png") for i in ids])
         images = np.stack([load_image(Path(images_dir) / f"{i}.png") for i in ids])
         part = measure_properties(labels, images)
@@ -237,3 +247,18 @@ def property_table(image_ids: list[str], images_dir: str | Path, masks_dir: str 
     meta = {f"{name}_mean_std": f"{m!r},{s!r}" for name, (m, s) in stats.items()}
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False).replace_schema_metadata(meta), out_path)
     return table
+
+
+def agreement_with_truth(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """Synthetic world only: Pearson r, MAE and valid share of every measured property against the truth."""
+    merged = table.merge(truth, on="image_id", suffixes=("", "_truth"))
+    out = {"images": len(merged)}
+    for name in PROPERTY_NAMES:
+        valid = merged[f"{name}_valid"].astype(bool)
+        got, want = merged.loc[valid, name].to_numpy(), merged.loc[valid, f"{name}_truth"].to_numpy()
+        out[name] = {
+            "pearson_r": float(np.corrcoef(got, want)[0, 1]) if valid.sum() > 2 else float("nan"),
+            "mae": float(np.abs(got - want).mean()) if valid.any() else float("nan"),
+            "valid_share": float(valid.mean()),
+        }
+    return out

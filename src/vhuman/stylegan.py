@@ -213,15 +213,36 @@ class SynthesisNetwork(nn.Module):
 class StyleGANGenerator(nn.Module):
     """GenForce StyleGAN generator with the project's generator interface (mapping, synthesis, w_avg)."""
 
-    def __init__(self, resolution, z_dim=512, w_dim=512, label_size=0, mapping_layers=8, mapping_fmaps=512,
-                 mapping_lr_mul=0.01, image_channels=3, fmaps_base=16384, fmaps_max=512, fused_scale="auto"):
+    def __init__(
+        self,
+        resolution,
+        z_dim=512,
+        w_dim=512,
+        label_size=0,
+        mapping_layers=8,
+        mapping_fmaps=512,
+        mapping_lr_mul=0.01,
+        image_channels=3,
+        fmaps_base=16384,
+        fmaps_max=512,
+        fused_scale="auto",
+    ):
         super().__init__()
         if resolution not in (8, 16, 32, 64, 128, 256, 512, 1024):
             raise ValueError(f"resolution must be a power of two in 8..1024, got {resolution}")
-        self.settings = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, label_size=label_size,
-                             mapping_layers=mapping_layers, mapping_fmaps=mapping_fmaps,
-                             mapping_lr_mul=mapping_lr_mul, image_channels=image_channels, fmaps_base=fmaps_base,
-                             fmaps_max=fmaps_max, fused_scale=fused_scale)
+        self.settings = dict(
+            resolution=resolution,
+            z_dim=z_dim,
+            w_dim=w_dim,
+            label_size=label_size,
+            mapping_layers=mapping_layers,
+            mapping_fmaps=mapping_fmaps,
+            mapping_lr_mul=mapping_lr_mul,
+            image_channels=image_channels,
+            fmaps_base=fmaps_base,
+            fmaps_max=fmaps_max,
+            fused_scale=fused_scale,
+        )
         self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
         self.mapping = MappingNetwork(z_dim, w_dim, label_size, mapping_layers, mapping_fmaps, mapping_lr_mul)
         self.synthesis = SynthesisNetwork(resolution, w_dim, image_channels, fmaps_base, fmaps_max, fused_scale)
@@ -285,13 +306,27 @@ def minibatch_std(x, group_size=4, eps=1e-8):
 class StyleGANDiscriminator(nn.Module):
     """GenForce StyleGAN discriminator (lod 0): from-RGB at the top, conv blocks down to 4x4, mbstd, two dense."""
 
-    def __init__(self, resolution, image_channels=3, label_size=0, fused_scale="auto", minibatch_std_group_size=4,
-                 fmaps_base=16384, fmaps_max=512):
+    def __init__(
+        self,
+        resolution,
+        image_channels=3,
+        label_size=0,
+        fused_scale="auto",
+        minibatch_std_group_size=4,
+        fmaps_base=16384,
+        fmaps_max=512,
+    ):
         super().__init__()
         self.resolution, self.label_size, self.group_size = resolution, label_size, minibatch_std_group_size
-        self.settings = dict(resolution=resolution, image_channels=image_channels, label_size=label_size,
-                             fused_scale=fused_scale, minibatch_std_group_size=minibatch_std_group_size,
-                             fmaps_base=fmaps_base, fmaps_max=fmaps_max)
+        self.settings = dict(
+            resolution=resolution,
+            image_channels=image_channels,
+            label_size=label_size,
+            fused_scale=fused_scale,
+            minibatch_std_group_size=minibatch_std_group_size,
+            fmaps_base=fmaps_base,
+            fmaps_max=fmaps_max,
+        )
         self.num_blocks = int(math.log2(resolution)) - 1
         self.register_buffer("lod", torch.zeros(()))
         for b in range(self.num_blocks):
@@ -301,17 +336,20 @@ class StyleGANDiscriminator(nn.Module):
             if res > 4:
                 fused = res >= 128 if fused_scale == "auto" else bool(fused_scale)
                 setattr(self, f"layer{2 * b}", Conv(nf, nf, 3))
-                setattr(self, f"layer{2 * b + 1}",
-                        DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max), fused))
+                setattr(
+                    self, f"layer{2 * b + 1}", DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max), fused)
+                )
             else:
                 setattr(self, f"layer{2 * b}", Conv(nf + 1, nf, 3))
-                setattr(self, f"layer{2 * b + 1}",
-                        DenseLayer(nf * 16, channels_at(2, fmaps_base, fmaps_max)))
-                setattr(self, f"layer{2 * b + 2}",
-                        DenseLayer(channels_at(2, fmaps_base, fmaps_max), max(label_size, 1), gain=1.0,
-                                   activate=False))
+                setattr(self, f"layer{2 * b + 1}", DenseLayer(nf * 16, channels_at(2, fmaps_base, fmaps_max)))
+                setattr(
+                    self,
+                    f"layer{2 * b + 2}",
+                    DenseLayer(channels_at(2, fmaps_base, fmaps_max), max(label_size, 1), gain=1.0, activate=False),
+                )
 
-    def forward(self, image, label=None):
+    def features(self, image):
+        """Activations before the last dense layer (nf(2) per sample), for projection conditioning."""
         if float(self.lod) != 0.0:
             raise ValueError(f"lod is {float(self.lod)}: only fully grown discriminators (lod 0) are supported")
         x = self.input0(image)
@@ -319,7 +357,13 @@ class StyleGANDiscriminator(nn.Module):
         for b in range(last):
             x = getattr(self, f"layer{2 * b + 1}")(getattr(self, f"layer{2 * b}")(x))
         x = getattr(self, f"layer{2 * last}")(minibatch_std(x, self.group_size))
-        x = getattr(self, f"layer{2 * last + 2}")(getattr(self, f"layer{2 * last + 1}")(x))
+        return getattr(self, f"layer{2 * last + 1}")(x)
+
+    def score(self, features):
+        return getattr(self, f"layer{2 * self.num_blocks}")(features)
+
+    def forward(self, image, label=None):
+        x = self.score(self.features(image))
         if self.label_size:
             if label is None:
                 raise ValueError(f"this discriminator is conditional: pass a label of size {self.label_size}")
@@ -350,8 +394,10 @@ def pick_generator_state(ckpt, path) -> dict:
                 return _strip_module_prefix(ckpt[key])
     if _is_state_dict(ckpt):
         return _strip_module_prefix(ckpt)
-    raise CheckpointError(f"{path}: not a GenForce StyleGAN checkpoint (expected a dict with 'generator' or "
-                          "'generator_smooth', or a bare state dict)")
+    raise CheckpointError(
+        f"{path}: not a GenForce StyleGAN checkpoint (expected a dict with 'generator' or "
+        "'generator_smooth', or a bare state dict)"
+    )
 
 
 def generator_settings_from_state(sd: dict, path) -> dict:
@@ -359,8 +405,10 @@ def generator_settings_from_state(sd: dict, path) -> dict:
     missing = [k for k in GENERATOR_MARKERS if k not in sd]
     if missing:
         sample = ", ".join(list(sd)[:3])
-        raise CheckpointError(f"{path}: not a GenForce StyleGAN (v1) generator: keys {missing} are missing "
-                              f"(it has e.g. {sample}). Check that the file is the StyleGAN checkpoint.")
+        raise CheckpointError(
+            f"{path}: not a GenForce StyleGAN (v1) generator: keys {missing} are missing "
+            f"(it has e.g. {sample}). Check that the file is the StyleGAN checkpoint."
+        )
     num_blocks = sum(1 for k in sd if k.startswith("synthesis.output") and k.endswith(".weight"))
     resolution = 4 * 2 ** (num_blocks - 1)
     mapping_layers = sum(1 for k in sd if k.startswith("mapping.dense") and k.endswith(".weight"))
@@ -371,10 +419,18 @@ def generator_settings_from_state(sd: dict, path) -> dict:
     nf_top = sd[f"synthesis.output{num_blocks - 1}.weight"].shape[1]
     fmaps_max = sd["synthesis.layer0.const"].shape[1]
     # Fused and unfused up-sampling store the same keys, so GenForce's 'auto' (fused from 128 up) is assumed.
-    return dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, label_size=label_size,
-                mapping_layers=mapping_layers, mapping_fmaps=sd["mapping.dense0.weight"].shape[0],
-                image_channels=sd[f"synthesis.output{num_blocks - 1}.weight"].shape[0],
-                fmaps_base=nf_top * resolution, fmaps_max=fmaps_max, fused_scale="auto")
+    return dict(
+        resolution=resolution,
+        z_dim=z_dim,
+        w_dim=w_dim,
+        label_size=label_size,
+        mapping_layers=mapping_layers,
+        mapping_fmaps=sd["mapping.dense0.weight"].shape[0],
+        image_channels=sd[f"synthesis.output{num_blocks - 1}.weight"].shape[0],
+        fmaps_base=nf_top * resolution,
+        fmaps_max=fmaps_max,
+        fused_scale="auto",
+    )
 
 
 def _load_strict(module: nn.Module, sd: dict, path, what: str) -> None:
@@ -389,9 +445,11 @@ def generator_from_checkpoint(ckpt, path, expected_resolution: int | None = None
     sd = pick_generator_state(ckpt, path)
     settings = generator_settings_from_state(sd, path)
     if expected_resolution is not None and settings["resolution"] != expected_resolution:
-        raise CheckpointError(f"{path}: this generator draws {settings['resolution']}x{settings['resolution']} "
-                              f"images but the config asks for {expected_resolution}; fix 'resolution' in the "
-                              "config or use the matching checkpoint")
+        raise CheckpointError(
+            f"{path}: this generator draws {settings['resolution']}x{settings['resolution']} "
+            f"images but the config asks for {expected_resolution}; fix 'resolution' in the "
+            "config or use the matching checkpoint"
+        )
     gen = StyleGANGenerator(**settings)
     _load_strict(gen, sd, path, "generator")
     return gen.eval()
@@ -407,18 +465,26 @@ def discriminator_from_checkpoint(ckpt, path) -> StyleGANDiscriminator:
     num_blocks = sum(1 for k in sd if k.startswith("input") and k.endswith(".weight"))
     resolution = 4 * 2 ** (num_blocks - 1)
     last = num_blocks - 1
-    disc = StyleGANDiscriminator(resolution, image_channels=sd["input0.weight"].shape[1],
-                                 label_size=(sd[f"layer{2 * last + 2}.weight"].shape[0]
-                                             if sd[f"layer{2 * last + 2}.weight"].shape[0] > 1 else 0),
-                                 fmaps_base=sd["input0.weight"].shape[0] * resolution,
-                                 fmaps_max=sd[f"input{last}.weight"].shape[0])
+    disc = StyleGANDiscriminator(
+        resolution,
+        image_channels=sd["input0.weight"].shape[1],
+        label_size=(
+            sd[f"layer{2 * last + 2}.weight"].shape[0] if sd[f"layer{2 * last + 2}.weight"].shape[0] > 1 else 0
+        ),
+        fmaps_base=sd["input0.weight"].shape[0] * resolution,
+        fmaps_max=sd[f"input{last}.weight"].shape[0],
+    )
     _load_strict(disc, sd, path, "discriminator")
     return disc.eval()
 
 
-def save_genforce_checkpoint(path: str | Path, generator: StyleGANGenerator,
-                             discriminator: StyleGANDiscriminator | None = None,
-                             generator_smooth: StyleGANGenerator | None = None, **extra) -> None:
+def save_genforce_checkpoint(
+    path: str | Path,
+    generator: StyleGANGenerator,
+    discriminator: StyleGANDiscriminator | None = None,
+    generator_smooth: StyleGANGenerator | None = None,
+    **extra,
+) -> None:
     """Write GenForce's model-zoo layout (top-level 'generator', 'discriminator', 'generator_smooth')."""
     ckpt = {"generator": generator.state_dict()}
     if discriminator is not None:

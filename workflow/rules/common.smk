@@ -34,7 +34,18 @@ def final_outputs():
         "results/generated/grid.png",
         "results/gender/metrics.json",
         "results/subset/summary.json",
+        "results/segmentation/examples.png",
+        "results/properties.parquet",
+        "results/properties/histograms.png",
+        "results/finetuned.pth",
+        "results/evaluation/control.json",
+        "results/evaluation/sweeps",
+        "results/evaluation/animations",
     ]
     if SYNTHETIC:
-        outputs.append("results/gender/truth_check.json")
+        outputs += [
+            "results/gender/truth_check.json",
+            "results/segmentation/truth_check.json",
+            "results/properties/truth_check.json",
+        ]
     return outputs

@@ -1,0 +1,429 @@
+"""Stage 6: fine-tune the latent path so that the property values steer the generator.
+
+The property vector is appended to the mapping network's input (after z's pixel norm) through new weights that
+start at zero, so the fine-tuned model starts exactly as the base model. Only the mapping (the latent path) trains;
+the synthesis stays frozen. Losses:
+
+* control: a frozen property regressor must read the requested values back off the generated image;
+* female: the same regressor's gender logit must say female;
+* keep the person: when one requested property changes, w should move little (and the others still hold);
+* realism: a discriminator conditioned on the properties (the base checkpoint's where it has one), with the
+  non-saturating loss and lazy R1.
+
+An EMA copy of the mapping is what gets saved. Training resumes from its last state after a kill.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vhuman.generators import SyntheticGenerator, truncate
+from vhuman.io import atomic_path, load_torch_file, save_torch_atomic
+from vhuman.regressor import PropertyRegressor
+from vhuman.stylegan import StyleGANDiscriminator, StyleGANGenerator, discriminator_from_checkpoint
+from vhuman.synthetic import PROPERTY_NAMES
+
+KIND = "vhuman-conditional-generator"
+RANGES = {name: (-1.0, 1.0) if name == "face_pose" else (0.0, 1.0) for name in PROPERTY_NAMES}
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int = 2000
+    batch_size: int = 32
+    lr_mapping: float = 1e-3
+    lr_discriminator: float = 1e-3
+    control_weight: float = 10.0
+    gender_weight: float = 1.0
+    keep_weight: float = 1.0
+    adversarial_weight: float = 0.1
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    ema_beta: float = 0.99
+    replace_probability: float = 0.5
+    truncation_psi: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 50
+    seed: int = 0
+
+
+# ---- the conditional generator ----------------------------------------------------------------------------------
+
+
+def _pixel_norm(z):
+    return z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+
+
+class ConditionalMapping(nn.Module):
+    """The base mapping with the (normalised) property vector appended to its input through zero-started weights."""
+
+    def __init__(self, base: nn.Module, num_conditions: int, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        if isinstance(base, SyntheticGenerator):
+            self.kind, self.layers = "synthetic", copy.deepcopy(base.mapping_net)
+            first_out = self.layers[0].out_features
+        elif isinstance(base, StyleGANGenerator):
+            if base.mapping.label_size:
+                raise ValueError("conditional base generators (label_size > 0) are not supported")
+            self.kind, self.layers = "stylegan", copy.deepcopy(base.mapping)
+            first_out = self.layers.dense0.weight.shape[0]
+        else:
+            raise TypeError(f"unsupported base generator {type(base).__name__}")
+        self.condition_weight = nn.Parameter(torch.zeros(first_out, num_conditions))
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clone())
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        extra = ((c - self.mean) / self.std) @ self.condition_weight.t()
+        x = _pixel_norm(z)
+        if self.kind == "synthetic":
+            x = F.leaky_relu(self.layers[0](x) + extra, 0.2)
+            for lin in self.layers[1:]:
+                x = F.leaky_relu(lin(x), 0.2)
+            return x
+        d0 = self.layers.dense0
+        x = F.leaky_relu(F.linear(x, d0.weight * d0.wscale, d0.bias * d0.lr_mul) + extra, 0.2)
+        for i in range(1, self.layers.num_layers):
+            x = getattr(self.layers, f"dense{i}")(x)
+        return x
+
+
+class ConditionalGenerator(nn.Module):
+    """z and the property vector in, image out; ``synthesis`` is the frozen base synthesis."""
+
+    def __init__(self, base: nn.Module, mapping: ConditionalMapping, property_names=PROPERTY_NAMES):
+        super().__init__()
+        self.base = base.eval().requires_grad_(False)
+        self.cond_mapping = mapping
+        self.property_names = tuple(property_names)
+        self.z_dim, self.w_dim = base.z_dim, base.w_dim
+        self.num_layers, self.resolution = base.num_layers, base.resolution
+
+    @property
+    def w_avg(self):
+        return self.base.w_avg
+
+    def mapping(self, z, c):
+        return self.cond_mapping(z, c)
+
+    def wp(self, z, c, psi=1.0, layers=None):
+        return truncate(self.cond_mapping(z, c), self.base.w_avg, self.num_layers, psi, layers)
+
+    def synthesis(self, wp):
+        return self.base.synthesis(wp)
+
+    def forward(self, z, c, psi=1.0):
+        return self.synthesis(self.wp(z, c, psi))
+
+    def conditions(self, values: dict[str, float | np.ndarray], fill: np.ndarray) -> torch.Tensor:
+        """A [N, P] condition tensor: given values where named, ``fill`` (rows drawn from the data) elsewhere."""
+        out = np.array(fill, dtype=np.float32, copy=True)
+        for name, value in values.items():
+            if name not in self.property_names:
+                raise KeyError(f"unknown property {name!r}; known: {', '.join(self.property_names)}")
+            lo, hi = RANGES[name]
+            out[:, self.property_names.index(name)] = np.clip(value, lo, hi)
+        return torch.from_numpy(out)
+
+
+class ConditionalDiscriminator(nn.Module):
+    """A StyleGAN discriminator with a projection of the property vector onto its last features."""
+
+    def __init__(self, base: StyleGANDiscriminator, num_conditions: int):
+        super().__init__()
+        self.base = base
+        width = getattr(base, f"layer{2 * base.num_blocks}").weight.shape[1]
+        self.projection = nn.Linear(num_conditions, width, bias=False)
+        nn.init.zeros_(self.projection.weight)
+
+    def forward(self, images, c_norm):
+        h = self.base.features(images)
+        return self.base.score(h).squeeze(1) + (self.projection(c_norm) * h).sum(1) / math.sqrt(h.shape[1])
+
+
+def discriminator_for(base_generator: nn.Module, base_checkpoint, num_conditions: int) -> ConditionalDiscriminator:
+    """The base checkpoint's discriminator where it has one, else a small one trained from scratch."""
+    if (
+        isinstance(base_generator, StyleGANGenerator)
+        and isinstance(base_checkpoint, dict)
+        and ("discriminator" in base_checkpoint or "models" in base_checkpoint)
+    ):
+        disc = discriminator_from_checkpoint(base_checkpoint, "base checkpoint")
+    else:
+        res = base_generator.resolution
+        disc = StyleGANDiscriminator(res, fmaps_base=16 * res * 4, fmaps_max=128)
+    return ConditionalDiscriminator(disc.train(), num_conditions)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+
+class ConditionSampler:
+    """Property vectors for training: rows of the data, each property replaced by a uniform draw with prob. p."""
+
+    def __init__(self, table: pd.DataFrame, replace_probability: float, gen: torch.Generator):
+        valid = np.all([table[f"{n}_valid"].astype(bool).to_numpy() for n in PROPERTY_NAMES], axis=0)
+        self.rows = torch.tensor(table.loc[valid, list(PROPERTY_NAMES)].to_numpy(np.float32))
+        if len(self.rows) == 0:
+            raise ValueError("no image has every property measured; cannot fine-tune")
+        self.lo = torch.tensor([RANGES[n][0] for n in PROPERTY_NAMES])
+        self.hi = torch.tensor([RANGES[n][1] for n in PROPERTY_NAMES])
+        self.p, self.gen = replace_probability, gen
+
+    def __call__(self, n: int) -> torch.Tensor:
+        c = self.rows[torch.randint(0, len(self.rows), (n,), generator=self.gen)]
+        uniform = self.lo + (self.hi - self.lo) * torch.rand(c.shape, generator=self.gen)
+        return torch.where(torch.rand(c.shape, generator=self.gen) < self.p, uniform, c)
+
+    def replace_one(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """c with one random property per row set to a new uniform value; also returns which."""
+        k = torch.randint(0, c.shape[1], (len(c),), generator=self.gen)
+        new = c.clone()
+        u = torch.rand(len(c), generator=self.gen)
+        new[torch.arange(len(c)), k] = self.lo[k] + (self.hi[k] - self.lo[k]) * u
+        return new, k
+
+
+def settings_hash(settings: FinetuneSettings, extra: dict) -> str:
+    """Identifies a run; the step budget is left out so that a longer run continues a shorter one."""
+    fields = {k: v for k, v in asdict(settings).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    return hashlib.sha256(json.dumps([fields, extra], sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- training -------------------------------------------------------------------------------------------------------
+
+
+def _r1(disc, real, c_norm):
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(real, c_norm).sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def probe_control(
+    model: ConditionalGenerator,
+    regressor: PropertyRegressor,
+    sampler_rows: torch.Tensor,
+    n: int = 64,
+    seed: int = 12345,
+) -> dict:
+    """Pearson r between requested and regressor-read properties on a fixed probe batch (a training monitor)."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    z = torch.randn(n, model.z_dim, generator=g).to(dev)
+    lo = torch.tensor([RANGES[p][0] for p in PROPERTY_NAMES])
+    hi = torch.tensor([RANGES[p][1] for p in PROPERTY_NAMES])
+    c = (lo + (hi - lo) * torch.rand(n, len(PROPERTY_NAMES), generator=g)).to(dev)
+    with torch.no_grad():
+        read, logit = regressor(model(z, c))
+    out = {
+        f"r_{name}": float(np.corrcoef(c[:, k].cpu(), read[:, k].cpu())[0, 1]) for k, name in enumerate(PROPERTY_NAMES)
+    }
+    out["female_rate"] = float((logit > 0).float().mean())
+    return out
+
+
+def finetune(
+    base: nn.Module,
+    base_checkpoint,
+    regressor: PropertyRegressor,
+    properties: pd.DataFrame,
+    real_images: torch.Tensor,
+    settings: FinetuneSettings,
+    work_dir: str | Path,
+    out_path: str | Path,
+    record: dict,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
+    """Train, checkpointing to ``work_dir/state.pth``; write the EMA model to ``out_path``.
+
+    ``real_images`` are the female subset's images (uint8 [N, 3, H, W]) paired row by row with ``properties``.
+    ``record`` is stored in the output file (base checkpoint's sha256, config, ...).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path, log_path = work_dir / "state.pth", work_dir / "log.csv"
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    valid_all = np.all([properties[f"{n}_valid"].astype(bool).to_numpy() for n in PROPERTY_NAMES], axis=0)
+    values = properties.loc[valid_all, list(PROPERTY_NAMES)].to_numpy(np.float32)
+    mean, std = torch.tensor(values.mean(0)), torch.tensor(values.std(0) + 1e-6)
+    real_images, real_c = real_images[torch.from_numpy(valid_all)], torch.from_numpy(values)
+
+    mapping = ConditionalMapping(base, len(PROPERTY_NAMES), mean, std)
+    model = ConditionalGenerator(base, mapping).to(device)
+    ema = copy.deepcopy(mapping).to(device).requires_grad_(False)
+    disc = discriminator_for(base, base_checkpoint, len(PROPERTY_NAMES)).to(device)
+    regressor = regressor.to(device).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(mapping.parameters(), lr=settings.lr_mapping, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr_discriminator, betas=(0.0, 0.99))
+    sampler = ConditionSampler(properties, settings.replace_probability, gen)
+    fingerprint = settings_hash(settings, {"base": record.get("base_sha256"), "n": len(real_c)})
+    start = 0
+    if state_path.exists():
+        state = load_torch_file(state_path, what="fine-tune state")
+        if state.get("fingerprint") == fingerprint:
+            mapping.load_state_dict(state["mapping"])
+            ema.load_state_dict(state["ema"])
+            disc.load_state_dict(state["discriminator"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            gen.set_state(state["generator_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            start = state["step"]
+            tqdm.write(f"resuming the fine-tune from step {start} ({state_path})")
+        else:
+            tqdm.write(f"{state_path} belongs to other settings or data; starting over")
+    if start == 0 and log_path.exists():
+        log_path.unlink()
+    amp = device.type == "cuda"
+    span = (sampler.hi - sampler.lo).to(device)
+
+    def control_loss(pred, target):
+        return (((pred - target) / span) ** 2).mean()
+
+    def save_state(step):
+        save_torch_atomic(
+            {
+                "fingerprint": fingerprint,
+                "step": step,
+                "mapping": mapping.state_dict(),
+                "ema": ema.state_dict(),
+                "discriminator": disc.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "generator_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
+
+    bar = tqdm(
+        range(start, settings.steps), initial=start, total=settings.steps, desc="fine-tune", disable=not progress
+    )
+    running: dict[str, list[float]] = {}
+    for step in bar:
+        z = torch.randn(settings.batch_size, base.z_dim, generator=gen).to(device)
+        c = sampler(settings.batch_size).to(device)
+        c_changed, _ = sampler.replace_one(c.cpu())
+        c_changed = c_changed.to(device)
+        idx = torch.randint(0, len(real_c), (settings.batch_size,), generator=gen)
+        real = (real_images[idx].float() / 127.5 - 1).to(device)
+        real_cn = ((real_c[idx] - mean) / std).to(device)
+
+        # Discriminator step.
+        with torch.autocast(device.type, enabled=amp):
+            with torch.no_grad():
+                fake = model(z, c, settings.truncation_psi)
+            cn = (c - mapping.mean) / mapping.std
+            d_loss = F.softplus(disc(fake.detach(), cn)).mean() + F.softplus(-disc(real, real_cn)).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if settings.r1_gamma > 0 and step % settings.r1_every == 0:
+            (settings.r1_gamma / 2 * _r1(disc, real, real_cn) * settings.r1_every).backward()
+        opt_d.step()
+
+        # Mapping step (the discriminator is only read here).
+        disc.requires_grad_(False)
+        with torch.autocast(device.type, enabled=amp):
+            w = mapping(z, c)
+            w_changed = mapping(z, c_changed)
+            images = model.synthesis(truncate(w, base.w_avg, base.num_layers, settings.truncation_psi))
+            images_changed = model.synthesis(truncate(w_changed, base.w_avg, base.num_layers, settings.truncation_psi))
+            both = torch.cat([images, images_changed])
+            read, logit = regressor(both)
+            control = control_loss(read.float(), torch.cat([c, c_changed]))
+            female = F.binary_cross_entropy_with_logits(logit.float(), torch.ones_like(logit.float()))
+            keep = (w_changed - w).pow(2).mean() / base.w_avg.pow(2).mean().clamp(min=1e-3)
+            adversarial = F.softplus(-disc(images, (c - mapping.mean) / mapping.std)).mean()
+            g_loss = (
+                settings.control_weight * control
+                + settings.gender_weight * female
+                + settings.keep_weight * keep
+                + settings.adversarial_weight * adversarial
+            )
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        disc.requires_grad_(True)
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), mapping.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - settings.ema_beta)
+
+        for key, value in (
+            ("d_loss", d_loss),
+            ("control", control),
+            ("female", female),
+            ("keep", keep),
+            ("adversarial", adversarial),
+        ):
+            running.setdefault(key, []).append(float(value.detach()))
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.steps:
+            row = {"step": done, **{k: float(np.mean(v)) for k, v in running.items()}}
+            model.cond_mapping = ema
+            row.update(probe_control(model, regressor, real_c))
+            model.cond_mapping = mapping
+            running = {}
+            new = not log_path.exists()
+            with open(log_path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+            bar.set_postfix(control=f"{row['control']:.4f}", female=f"{row['female_rate']:.2f}")
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            save_state(done)
+
+    result = {
+        "kind": KIND,
+        "property_names": list(PROPERTY_NAMES),
+        "ranges": RANGES,
+        "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "settings": asdict(settings),
+        "mapping": ema.state_dict(),
+        "discriminator": disc.state_dict(),
+        **record,
+    }
+    if isinstance(base, SyntheticGenerator):
+        result["base"] = {"kind": "synthetic", "settings": base.settings(), "state_dict": base.state_dict()}
+    else:
+        result["base"] = {"kind": "genforce", "settings": base.settings, "state_dict": base.state_dict()}
+    save_torch_atomic(result, out_path)
+    return result
+
+
+def load_conditional_generator(path: str | Path) -> ConditionalGenerator:
+    """Open ``results/finetuned.pth``: the base generator and the conditional mapping, ready to sample."""
+    ckpt = load_torch_file(path, what="fine-tuned generator")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
+        raise ValueError(f"{path}: not a fine-tuned conditional generator (run `snakemake results/finetuned.pth`)")
+    base_info = ckpt["base"]
+    base = (
+        SyntheticGenerator(**base_info["settings"])
+        if base_info["kind"] == "synthetic"
+        else StyleGANGenerator(**base_info["settings"])
+    )
+    base.load_state_dict(base_info["state_dict"], strict=True)
+    n = len(ckpt["property_names"])
+    mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n))
+    mapping.load_state_dict(ckpt["mapping"], strict=True)
+    return ConditionalGenerator(base, mapping, ckpt["property_names"]).eval()
+
+
+def write_json(obj, path):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1))

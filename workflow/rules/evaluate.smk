@@ -1,0 +1,71 @@
+# Stage 7: controlled generation, the latent-directions baseline, and the evaluation of both.
+
+
+rule latent_directions:
+    input:
+        generator=generator_checkpoint(),
+        latents="results/generated/latents.parquet",
+        properties="results/properties.parquet",
+    output:
+        "results/directions/directions.pth",
+    params:
+        kind=config["generator"]["kind"],
+    log:
+        "logs/latent_directions.log",
+    script:
+        "../scripts/latent_directions.py"
+
+
+rule controlled_pictures:
+    input:
+        finetuned="results/finetuned.pth",
+        directions="results/directions/directions.pth",
+        properties="results/properties.parquet",
+    output:
+        sweeps=report(
+            directory("results/evaluation/sweeps"),
+            patterns=["{name}.png"],
+            caption="../report/sweeps.rst",
+            category="5. Control",
+        ),
+        animations=report(
+            directory("results/evaluation/animations"),
+            patterns=["{name}.gif"],
+            caption="../report/animations.rst",
+            category="5. Control",
+        ),
+    params:
+        seeds=config["evaluation"]["picture_seeds"],
+    log:
+        "logs/controlled_pictures.log",
+    script:
+        "../scripts/controlled_pictures.py"
+
+
+rule evaluate_control:
+    input:
+        finetuned="results/finetuned.pth",
+        directions="results/directions/directions.pth",
+        properties="results/properties.parquet",
+        parser=config["segmentation"]["checkpoint"],
+        gender_cnn="results/gender/cnn.pth",
+    output:
+        report(
+            "results/evaluation/control.json",
+            caption="../report/control.rst",
+            category="5. Control",
+        ),
+    params:
+        settings=config["evaluation"],
+        parser_kind="world" if SYNTHETIC else "bisenet",
+        mask_resolution=config["segmentation"]["mask_resolution"],
+        gender_input_size=config["gender_cnn"]["input_size"],
+        with_truth=SYNTHETIC,
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/evaluate_control.log",
+    script:
+        "../scripts/evaluate_control.py"

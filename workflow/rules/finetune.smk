@@ -1,0 +1,43 @@
+# Stage 6: the property values steer the generator; only the latent path trains.
+
+
+rule property_regressor:
+    input:
+        images="results/generated/images",
+        properties="results/properties.parquet",
+        labels="results/gender/labels.parquet",
+    output:
+        model="results/models/property_regressor.pth",
+        metrics="results/finetune/regressor_metrics.json",
+    params:
+        settings=config["finetune"]["regressor"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/property_regressor.log",
+    script:
+        "../scripts/property_regressor.py"
+
+
+rule finetune:
+    input:
+        generator=generator_checkpoint(),
+        regressor="results/models/property_regressor.pth",
+        properties="results/properties.parquet",
+        images="results/generated/images",
+    output:
+        "results/finetuned.pth",
+    params:
+        settings=config["finetune"]["train"],
+        work_dir="results/finetune",
+        kind=config["generator"]["kind"],
+        device=config["device"],
+        config=config,
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/finetune.log",
+    script:
+        "../scripts/finetune.py"

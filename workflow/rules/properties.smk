@@ -1,0 +1,47 @@
+# Stage 5: properties measured from the masks, one row per kept image.
+
+
+rule properties:
+    input:
+        subset="results/subset/female.parquet",
+        images="results/generated/images",
+        masks="results/segmentation/masks",
+    output:
+        "results/properties.parquet",
+    log:
+        "logs/properties.log",
+    script:
+        "../scripts/properties.py"
+
+
+rule property_plots:
+    input:
+        "results/properties.parquet",
+    output:
+        report(
+            "results/properties/histograms.png",
+            caption="../report/property_plots.rst",
+            category="4. Properties",
+        ),
+    log:
+        "logs/property_plots.log",
+    script:
+        "../scripts/property_plots.py"
+
+
+if SYNTHETIC:
+
+    rule properties_truth_check:
+        input:
+            properties="results/properties.parquet",
+            truth="results/generated/truth.parquet",
+        output:
+            report(
+                "results/properties/truth_check.json",
+                caption="../report/properties_truth_check.rst",
+                category="4. Properties",
+            ),
+        log:
+            "logs/properties_truth_check.log",
+        script:
+            "../scripts/properties_truth_check.py"

@@ -1,0 +1,93 @@
+# Stage 4: a face parser writes one mask per kept image (palette PNG, 19 CelebAMask-HQ classes).
+
+if SYNTHETIC:
+
+    rule world_parser:
+        output:
+            model=config["segmentation"]["checkpoint"],
+            metrics=report(
+                "results/segmentation/parser_metrics.json",
+                caption="../report/parser_metrics.rst",
+                category="3. Segmentation",
+            ),
+        params:
+            settings=config["segmentation"]["world_parser"],
+            mask_resolution=config["segmentation"]["mask_resolution"],
+        threads: 2
+        resources:
+            gpu=1,
+        log:
+            "logs/world_parser.log",
+        script:
+            "../scripts/world_parser.py"
+
+else:
+
+    rule download_bisenet:
+        output:
+            config["segmentation"]["checkpoint"],
+        params:
+            url=config["segmentation"]["url"],
+            sha256=config["segmentation"]["sha256"],
+        log:
+            "logs/download_bisenet.log",
+        script:
+            "../scripts/download.py"
+
+
+rule segment:
+    input:
+        subset="results/subset/female.parquet",
+        images="results/generated/images",
+        parser=config["segmentation"]["checkpoint"],
+    output:
+        masks=directory("results/segmentation/masks"),
+    params:
+        kind="world" if SYNTHETIC else "bisenet",
+        sha256=config["segmentation"].get("sha256", ""),
+        mask_resolution=config["segmentation"]["mask_resolution"],
+        batch_size=config["segmentation"]["batch_size"],
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/segment.log",
+    script:
+        "../scripts/segment.py"
+
+
+rule mask_examples:
+    input:
+        subset="results/subset/female.parquet",
+        images="results/generated/images",
+        masks="results/segmentation/masks",
+    output:
+        report(
+            "results/segmentation/examples.png",
+            caption="../report/mask_examples.rst",
+            category="3. Segmentation",
+        ),
+    log:
+        "logs/mask_examples.log",
+    script:
+        "../scripts/mask_examples.py"
+
+
+if SYNTHETIC:
+
+    rule parser_truth_check:
+        input:
+            subset="results/subset/female.parquet",
+            masks="results/segmentation/masks",
+            truth_masks="results/generated/truth_masks",
+        output:
+            report(
+                "results/segmentation/truth_check.json",
+                caption="../report/parser_truth_check.rst",
+                category="3. Segmentation",
+            ),
+        log:
+            "logs/parser_truth_check.log",
+        script:
+            "../scripts/parser_truth_check.py"

@@ -1,0 +1,32 @@
+import pandas as pd
+import torch
+
+from vhuman.gender import load_images
+from vhuman.generate import pick_device
+from vhuman.generators import load_generator
+from vhuman.io import load_torch_file, logging_to, sha256_file
+from vhuman.regressor import load_regressor
+from vhuman.training import FinetuneSettings, finetune
+
+with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    base = load_generator(snakemake.input.generator, kind=snakemake.params.kind)
+    properties = pd.read_parquet(snakemake.input.properties)
+    images = load_images(snakemake.input.images, list(properties["image_id"]), base.resolution)
+    record = {
+        "base_checkpoint": snakemake.input.generator,
+        "base_sha256": sha256_file(snakemake.input.generator),
+        "config": snakemake.params.config,
+    }
+    finetune(
+        base,
+        load_torch_file(snakemake.input.generator),
+        load_regressor(snakemake.input.regressor),
+        properties,
+        images,
+        FinetuneSettings(**snakemake.params.settings),
+        snakemake.params.work_dir,
+        snakemake.output[0],
+        record,
+        pick_device(snakemake.params.device),
+    )

@@ -1,0 +1,18 @@
+import pandas as pd
+import torch
+
+from vhuman.generate import pick_device
+from vhuman.io import logging_to, verify_sha256
+from vhuman.segmentation import Parser, segment_images
+
+with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    verify_sha256(snakemake.input.parser, snakemake.params.sha256)
+    parser = Parser(
+        snakemake.params.kind,
+        snakemake.input.parser,
+        snakemake.params.mask_resolution,
+        pick_device(snakemake.params.device),
+    )
+    ids = list(pd.read_parquet(snakemake.input.subset, columns=["image_id"])["image_id"])
+    segment_images(parser, snakemake.input.images, ids, snakemake.output.masks, snakemake.params.batch_size)

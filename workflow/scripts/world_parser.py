@@ -1,0 +1,13 @@
+import torch
+
+from vhuman.io import logging_to
+from vhuman.segmentation import ParserSettings, train_world_parser
+
+with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    train_world_parser(
+        ParserSettings(**snakemake.params.settings),
+        snakemake.output.model,
+        snakemake.params.mask_resolution,
+        snakemake.output.metrics,
+    )

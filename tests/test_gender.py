@@ -73,7 +73,8 @@ def test_ensemble_labels_every_image(dataset):
     table = pq.read_table(out / "labels.parquet").to_pandas()
     assert list(table["image_id"]) == ids
     assert (table["source"][:80] == "manual").all() and (table["source"][80:] == "model").all()
-    assert np.array_equal(table["p_female"][:80].to_numpy(), female[:80].astype(float))
+    assert np.array_equal(table["hand_female"][:80].to_numpy(), female[:80].astype(float))
+    assert ((table["p_female"][:80] > 0.5) == female[:80]).all()  # the model agrees with these easy labels
     rest = table[80:]
     assert rest["p_female"].between(0, 1).all() and (rest["p_female_spread"] >= 0).all()
     assert gender.auroc(rest["p_female"].to_numpy(), female[80:]) > 0.9
@@ -90,6 +91,13 @@ def test_in_memory_prediction_matches_files(dataset):
     with torch.inference_mode():
         probs = gender.predict_images(models, render_faces(p, 64).images, 64)
     assert probs.shape == (4, 2) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_hand_label_posterior():
+    label = np.array([1.0, 1.0, 0.0])
+    p = gender.hand_label_posterior(label, np.array([0.5, 0.02, 0.5]), 0.05)
+    assert p[0] == pytest.approx(0.95) and p[2] == pytest.approx(0.05)
+    assert p[1] < 0.5  # a 'female' label the model is sure is wrong is probably a mistake
 
 
 def test_female_subset_thresholds(tmp_path):

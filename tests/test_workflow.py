@@ -1,5 +1,6 @@
 """The workflow as a user runs it: Snakemake on the embedded default, shrunk to tiny settings."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,40 @@ import yaml
 from tests.conftest import REPO
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-TINY = {"generate": {"num_images": 24, "batch_size": 8, "seed": 0}, "report": {"grid_rows": 2, "grid_cols": 4}}
+# Every stage, shrunk so the whole DAG runs in a few minutes on 2 cores.
+TINY = {
+    "generate": {"num_images": 72, "batch_size": 24, "seed": 0},
+    "labels": {
+        "manual_csv": "results/labels/manual_labels.csv",
+        "num_manual": 48,
+        "simulated_error_rate": 0.05,
+        "seed": 0,
+        "hand_label_error_rate": 0.05,
+    },
+    "gender_cnn": {"folds": 2, "max_epochs": 2, "patience": 2, "batch_size": 16, "width": 8},
+    "subset": {"min_p_female": 0.3, "min_p_good_quality": 0.1},
+    "segmentation": {
+        "checkpoint": "results/models/world_parser.pth",
+        "mask_resolution": 128,
+        "batch_size": 16,
+        "world_parser": {
+            "image_resolution": 64,
+            "train_mask_resolution": 64,
+            "train_images": 64,
+            "steps": 20,
+            "batch_size": 8,
+            "lr": 0.003,
+            "width": 8,
+            "seed": 0,
+        },
+    },
+    "finetune": {
+        "regressor": {"input_size": 64, "steps": 20, "batch_size": 16, "lr": 0.002, "width": 8, "seed": 0},
+        "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 3},
+    },
+    "evaluation": {"num_z": 3, "levels": 3, "seed": 0, "picture_seeds": [0, 1]},
+    "report": {"grid_rows": 2, "grid_cols": 4},
+}
 
 
 def workdir_copy(tmp_path: Path) -> Path:
@@ -42,11 +76,23 @@ def tiny_run(tmp_path_factory):
 
 
 def test_demo_dag_runs_end_to_end(tiny_run):
-    latents = pq.read_table(tiny_run / "results/generated/latents.parquet")
-    assert latents.num_rows == 24
-    assert len(list((tiny_run / "results/generated/images").glob("*.png"))) == 24
-    assert pq.read_table(tiny_run / "results/generated/truth.parquet").num_rows == 24
-    assert (tiny_run / "results/generated/grid.png").stat().st_size > 0
+    results = tiny_run / "results"
+    assert pq.read_table(results / "generated/latents.parquet").num_rows == 72
+    assert len(list((results / "generated/images").glob("*.png"))) == 72
+    assert pq.read_table(results / "generated/truth.parquet").num_rows == 72
+    labels = pq.read_table(results / "gender/labels.parquet").to_pandas()
+    assert len(labels) == 72 and (labels["source"] == "manual").sum() == 48
+    subset = pq.read_table(results / "subset/female.parquet").to_pandas()
+    masks = sorted(p.stem for p in (results / "segmentation/masks").glob("*.png"))
+    assert masks == sorted(subset["image_id"]) and len(masks) > 0
+    props = pq.read_table(results / "properties.parquet").to_pandas()
+    assert sorted(props["image_id"]) == masks and {"eyes", "eyes_valid", "eyes_z", "gender"} <= set(props.columns)
+    control = json.loads((results / "evaluation/control.json").read_text())
+    assert {"finetuned", "directions"} <= set(control)
+    assert {"truth", "parser", "female_rate"} <= set(control["finetuned"])
+    assert len(list((results / "evaluation/sweeps").glob("*.png"))) == 14
+    assert {p.name for p in (results / "evaluation/animations").iterdir()} == {"blink.gif", "talk.gif", "turn.gif"}
+    assert (results / "finetuned.pth").stat().st_size > 0
     assert (tiny_run / "logs/generate.log").exists()
 
 
@@ -63,10 +109,15 @@ def test_bad_config_value_names_the_key(tmp_path):
     assert "num_images" in proc.stderr + proc.stdout
 
 
-def test_real_weights_config_plans_the_download(tmp_path):
+def test_real_weights_config_plans_the_download_and_asks_for_hand_labels(tmp_path):
     work = workdir_copy(tmp_path)
-    proc = snakemake(work, "--configfile", "config/stylegan_celeba_partial256.yaml", "-n")
+    real = "config/stylegan_celeba_partial256.yaml"
+    proc = snakemake(work, "--configfile", real, "-n", "results/generated/latents.parquet")
     assert "download_generator" in proc.stdout and "synthetic_generator" not in proc.stdout
+    proc = snakemake(work, "--configfile", real, "-n", check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "Hand labels data/labels/manual_labels.csv are missing" in text and "vhuman-label" in text
 
 
 def test_report_is_built(tiny_run):

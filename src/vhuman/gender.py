@@ -8,6 +8,7 @@ has no hand label.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,11 +53,13 @@ class GenderQualityNet(nn.Module):
         )
         # Flattened 4x4 map, not a global average: where things are (hair end, jaw line, blurred top) matters.
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(16 * 4 * w, 2))
+        # Set after training: undoes the class weighting so that outputs are calibrated probabilities.
+        self.register_buffer("logit_shift", torch.zeros(2))
 
     def forward(self, x):
         # The image and its high-pass detail: the detail channels make a blurred top easy to see.
         detail = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return self.head(self.features(torch.cat([x, 4 * detail], dim=1)))
+        return self.head(self.features(torch.cat([x, 4 * detail], dim=1))) + self.logit_shift
 
 
 def load_images(images_dir: str | Path, image_ids: list[str], size: int) -> torch.Tensor:
@@ -156,6 +159,8 @@ def train_fold(
             if stale >= settings.patience:
                 break
     model.load_state_dict(best_state)
+    # Bad images weighed bad_weight times more in the loss, which shifts the quality log-odds by log(bad_weight).
+    model.logit_shift[1] = math.log(bad_weight)
     return model.eval(), history
 
 
@@ -186,6 +191,13 @@ def binary_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5) 
     }
 
 
+def hand_label_posterior(label: np.ndarray, model_p: np.ndarray, error_rate: float) -> np.ndarray:
+    """P(female) (or P(good)) of a hand-labelled image: a label wrong with ``error_rate``, and the model's guess."""
+    agree = np.where(label > 0.5, model_p, 1 - model_p)
+    p_right = (1 - error_rate) * agree / ((1 - error_rate) * agree + error_rate * (1 - agree) + 1e-12)
+    return np.where(label > 0.5, p_right, 1 - p_right)
+
+
 def train_and_label(
     images_dir: str | Path,
     all_ids: list[str],
@@ -194,9 +206,14 @@ def train_and_label(
     model_path: str | Path,
     labels_path: str | Path,
     metrics_path: str | Path,
+    hand_label_error_rate: float = 0.05,
     progress: bool = True,
 ) -> dict:
-    """Train the k-fold ensemble on the hand labels; write models, labels for all images and metrics."""
+    """Train the k-fold ensemble on the hand labels; write models, labels for all images and metrics.
+
+    Hand-labelled images get the probability that their label is right, given the assumed
+    ``hand_label_error_rate`` and the out-of-fold prediction.
+    """
     manual = manual.sort_values("image_id").reset_index(drop=True)
     if len(manual) < 2 * settings.folds:
         raise ValueError(
@@ -232,32 +249,30 @@ def train_and_label(
     labeled = set(manual["image_id"])
     rest = [i for i in all_ids if i not in labeled]
     probs, spread = ensemble_predict(models, images_dir, rest, settings.input_size, progress=progress)
-    table = (
-        pd.concat(
-            [
-                pd.DataFrame(
-                    {
-                        "image_id": manual["image_id"],
-                        "p_female": female.numpy(),
-                        "p_good_quality": good.numpy(),
-                        "source": "manual",
-                        "p_female_spread": 0.0,
-                    }
-                ),
-                pd.DataFrame(
-                    {
-                        "image_id": rest,
-                        "p_female": probs[:, 0],
-                        "p_good_quality": probs[:, 1],
-                        "source": "model",
-                        "p_female_spread": spread[:, 0],
-                    }
-                ),
-            ]
-        )
-        .sort_values("image_id")
-        .reset_index(drop=True)
+    # Hand labels are not perfect either: where the out-of-fold model strongly disagrees, trust the label less.
+    hand = pd.DataFrame(
+        {
+            "image_id": manual["image_id"],
+            "p_female": hand_label_posterior(female.numpy(), oof[:, 0], hand_label_error_rate),
+            "p_good_quality": hand_label_posterior(good.numpy(), oof[:, 1], hand_label_error_rate),
+            "source": "manual",
+            "p_female_spread": 0.0,
+            "hand_female": female.numpy(),
+            "hand_good_quality": good.numpy(),
+        }
     )
+    guessed = pd.DataFrame(
+        {
+            "image_id": rest,
+            "p_female": probs[:, 0],
+            "p_good_quality": probs[:, 1],
+            "source": "model",
+            "p_female_spread": spread[:, 0],
+            "hand_female": np.nan,
+            "hand_good_quality": np.nan,
+        }
+    )
+    table = pd.concat([hand, guessed]).sort_values("image_id").reset_index(drop=True)
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), labels_path)
     metrics["model_labels"] = len(rest)
     with atomic_path(metrics_path) as tmp:

@@ -28,32 +28,31 @@ KIND = "vhuman-property-regressor"
 @dataclass
 class RegressorSettings:
     input_size: int = 64
-    steps: int = 2500
-    batch_size: int = 48
+    steps: int = 2000
+    batch_size: int = 32
     lr: float = 2e-3
-    width: int = 32
+    width: int = 16
     seed: int = 0
 
 
 class PropertyRegressor(nn.Module):
     """Image in [-1, 1] -> 7 property values (in their own units) and a female logit."""
 
-    def __init__(self, width: int = 32, input_size: int = 64):
+    def __init__(self, width: int = 16, input_size: int = 64):
         super().__init__()
         w = width
         self.input_size = input_size
         self.features = nn.Sequential(
             Conv2dNormActivation(3, w, 3),
-            Conv2dNormActivation(w, w, 3),
             Conv2dNormActivation(w, 2 * w, 3, stride=2),
             Conv2dNormActivation(2 * w, 2 * w, 3),
             Conv2dNormActivation(2 * w, 4 * w, 3, stride=2),
-            Conv2dNormActivation(4 * w, 4 * w, 3, stride=2),
-            Conv2dNormActivation(4 * w, 4 * w, 3, stride=2),
+            Conv2dNormActivation(4 * w, 8 * w, 3, stride=2),
+            Conv2dNormActivation(8 * w, 8 * w, 3, stride=2),
             nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Linear(16 * 4 * w, 256), nn.ReLU(), nn.Linear(256, len(PROPERTY_NAMES) + 1))
+        self.head = nn.Sequential(nn.Linear(16 * 8 * w, 256), nn.ReLU(), nn.Linear(256, len(PROPERTY_NAMES) + 1))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[-1] != self.input_size:

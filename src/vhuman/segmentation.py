@@ -38,9 +38,9 @@ class ParserSettings:
     train_mask_resolution: int = 128
     train_images: int = 3000
     steps: int = 1500
-    batch_size: int = 24
+    batch_size: int = 16
     lr: float = 3e-3
-    width: int = 24
+    width: int = 16
     seed: int = 0
 
 
@@ -52,7 +52,7 @@ class _Block(nn.Sequential):
 class WorldParser(nn.Module):
     """U-Net (3 levels) giving 19 logits per image pixel."""
 
-    def __init__(self, width: int = 24):
+    def __init__(self, width: int = 16):
         super().__init__()
         w = width
         self.enc1, self.enc2, self.enc3 = _Block(3, w), _Block(w, 2 * w), _Block(2 * w, 4 * w)

@@ -123,10 +123,13 @@ class StyleModulation(nn.Module):
         scale, shift = style.view(-1, 2, x.shape[1], 1, 1).unbind(1)
         return x * (scale + 1) + shift
 
-
-def _instance_norm(x):
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    return x * torch.rsqrt(x.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-8)
+    def modulate_normalised(self, x, w):
+        """style(instance_norm(x), w) in one pass over x: per channel, x * a + c."""
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+        style = F.linear(w, self.weight * self.wscale, self.bias).to(x.dtype)
+        scale, shift = style.view(-1, 2, x.shape[1], 1, 1).unbind(1)
+        a = torch.rsqrt(var + 1e-8) * (scale + 1)
+        return torch.addcmul(shift - mean * a, x, a)
 
 
 def _fused_kernel(weight, scale_down: bool):
@@ -168,7 +171,7 @@ class SynthesisLayer(nn.Module):
                 x = self.blur(x)
         x = self.apply_noise(x, noise_mode)
         x = F.leaky_relu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), SLOPE)
-        return self.style(_instance_norm(x), w)
+        return self.style.modulate_normalised(x, w)
 
 
 class ToRGB(nn.Module):

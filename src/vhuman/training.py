@@ -164,7 +164,7 @@ def discriminator_for(base_generator: nn.Module, base_checkpoint, num_conditions
         disc = discriminator_from_checkpoint(base_checkpoint, "base checkpoint")
     else:
         res = base_generator.resolution
-        disc = StyleGANDiscriminator(res, fmaps_base=16 * res * 4, fmaps_max=128)
+        disc = StyleGANDiscriminator(res, fmaps_base=16 * res, fmaps_max=128)  # 16 channels at full size
     return ConditionalDiscriminator(disc.train(), num_conditions)
 
 
@@ -324,31 +324,23 @@ def finetune(
         real = (real_images[idx].float() / 127.5 - 1).to(device)
         real_cn = ((real_c[idx] - mean) / std).to(device)
 
-        # Discriminator step.
-        with torch.autocast(device.type, enabled=amp):
-            with torch.no_grad():
-                fake = model(z, c, settings.truncation_psi)
-            cn = (c - mapping.mean) / mapping.std
-            d_loss = F.softplus(disc(fake.detach(), cn)).mean() + F.softplus(-disc(real, real_cn)).mean()
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if settings.r1_gamma > 0 and step % settings.r1_every == 0:
-            (settings.r1_gamma / 2 * _r1(disc, real, real_cn) * settings.r1_every).backward()
-        opt_d.step()
-
-        # Mapping step (the discriminator is only read here).
+        # Mapping step (the discriminator is only read here). Half the batch also asks for one property changed.
+        half = settings.batch_size // 2
+        c_changed = c_changed[:half]
         disc.requires_grad_(False)
         with torch.autocast(device.type, enabled=amp):
             w = mapping(z, c)
-            w_changed = mapping(z, c_changed)
-            images = model.synthesis(truncate(w, base.w_avg, base.num_layers, settings.truncation_psi))
-            images_changed = model.synthesis(truncate(w_changed, base.w_avg, base.num_layers, settings.truncation_psi))
-            both = torch.cat([images, images_changed])
+            w_changed = mapping(z[:half], c_changed)
+            both = model.synthesis(
+                truncate(torch.cat([w, w_changed]), base.w_avg, base.num_layers, settings.truncation_psi)
+            )
+            images = both[: len(w)]
             read, logit = regressor(both)
             control = control_loss(read.float(), torch.cat([c, c_changed]))
             female = F.binary_cross_entropy_with_logits(logit.float(), torch.ones_like(logit.float()))
-            keep = (w_changed - w).pow(2).mean() / base.w_avg.pow(2).mean().clamp(min=1e-3)
-            adversarial = F.softplus(-disc(images, (c - mapping.mean) / mapping.std)).mean()
+            keep = (w_changed - w[:half]).pow(2).mean() / base.w_avg.pow(2).mean().clamp(min=1e-3)
+            cn = (c - mapping.mean) / mapping.std
+            adversarial = F.softplus(-disc(images, cn)).mean()
             g_loss = (
                 settings.control_weight * control
                 + settings.gender_weight * female
@@ -359,6 +351,15 @@ def finetune(
         g_loss.backward()
         opt_g.step()
         disc.requires_grad_(True)
+
+        # Discriminator step on the same fakes.
+        with torch.autocast(device.type, enabled=amp):
+            d_loss = F.softplus(disc(images.detach(), cn)).mean() + F.softplus(-disc(real, real_cn)).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if settings.r1_gamma > 0 and step % settings.r1_every == 0:
+            (settings.r1_gamma / 2 * _r1(disc, real, real_cn) * settings.r1_every).backward()
+        opt_d.step()
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), mapping.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - settings.ema_beta)

@@ -32,6 +32,7 @@ rule gender_cnn:
         ),
     params:
         settings=config["gender_cnn"],
+        hand_label_error_rate=config["labels"]["hand_label_error_rate"],
     threads: 2
     resources:
         gpu=1,

@@ -17,4 +17,5 @@ with logging_to(snakemake.log[0]):
         snakemake.output.model,
         snakemake.output.labels,
         snakemake.output.metrics,
+        hand_label_error_rate=snakemake.params.hand_label_error_rate,
     )

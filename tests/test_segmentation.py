@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from vhuman import segmentation
+from vhuman.io import CheckpointError, load_label_map, save_png, to_uint8
+from vhuman.synthetic import CLASS_ID, LABEL_PALETTE, render_faces, sample_face_params
+
+
+def test_mirroring_swaps_left_and_right_classes():
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 1, 0] = CLASS_ID["l_eye"]
+    images = torch.zeros(1, 3, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):  # one of these draws mirrors
+        _, out = segmentation._augment(images, labels, gen)
+        if out[0, 1, 3] == CLASS_ID["r_eye"]:
+            break
+    else:
+        pytest.fail("no mirrored sample in 10 draws")
+    assert out[0, 1, 0] == 0
+
+
+def test_iou_report():
+    truth = np.array([[0, 0, 1, 1]])
+    pred = np.array([[0, 1, 1, 1]])
+    rep = segmentation.iou_report(segmentation.confusion(pred, truth))
+    assert rep["per_class"]["background"] == pytest.approx(0.5)
+    assert rep["per_class"]["skin"] == pytest.approx(2 / 3)
+    assert rep["miou"] == pytest.approx((0.5 + 2 / 3) / 2) and rep["pixel_accuracy"] == 0.75
+
+
+@pytest.fixture(scope="module")
+def parser_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("parser")
+    settings = segmentation.ParserSettings(train_images=200, steps=300, batch_size=8, width=8, train_mask_resolution=64)
+    metrics = segmentation.train_world_parser(settings, out / "parser.pth", 128, out / "metrics.json", progress=False)
+    return out / "parser.pth", metrics
+
+
+def test_world_parser_learns_the_big_regions(parser_file):
+    _, metrics = parser_file
+    per_class = metrics["held_out_renders"]["per_class"]
+    # A short run already separates background, skin and hair; the workflow trains 10x longer.
+    assert per_class["background"] > 0.8 and per_class["skin"] > 0.6 and per_class["hair"] > 0.6
+
+
+def test_segment_images_writes_palette_masks_at_the_mask_size(parser_file, tmp_path):
+    path, _ = parser_file
+    with torch.inference_mode():
+        images = to_uint8(render_faces(sample_face_params(3, seed=5), 64).images)
+    ids = ["000000", "000001", "000002"]
+    for i, img in zip(ids, images, strict=True):
+        save_png(img, tmp_path / "images" / f"{i}.png")
+    parser = segmentation.Parser("world", path, 128, torch.device("cpu"))
+    segmentation.segment_images(parser, tmp_path / "images", ids, tmp_path / "masks", batch_size=2, progress=False)
+    mask = load_label_map(tmp_path / "masks" / "000001.png")
+    assert mask.shape == (128, 128) and mask.max() < 19
+    truth = render_faces(sample_face_params(3, seed=5), 128, with_image=False).labels.numpy()
+    for i in ids:
+        save_png(truth[int(i)], tmp_path / "truth" / f"{i}.png", palette=LABEL_PALETTE)
+    agreement = segmentation.mask_agreement(tmp_path / "masks", tmp_path / "truth", ids)
+    assert agreement["images"] == 3 and agreement["pixel_accuracy"] > 0.8
+
+
+def test_wrong_parser_files_fail_clearly(tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"kind": "something else"}, other)
+    with pytest.raises(CheckpointError, match="other.pth: not a world-parser checkpoint"):
+        segmentation.load_world_parser(other)
+    with pytest.raises(ValueError, match="unknown parser kind"):
+        segmentation.Parser("magic", other, 128, torch.device("cpu"))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vhuman.generators import SyntheticGenerator, truncate
 from vhuman.io import column_vectors, save_png, to_uint8
+from vhuman.properties import property_matrix
 from vhuman.report import image_grid
 from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
 from vhuman.training import RANGES, load_conditional_generator
@@ -62,25 +63,28 @@ class DirectionsController(torch.nn.Module):
         return self.synthesis(self.wp(z, c, psi))
 
 
-def fit_directions(latents: pd.DataFrame | object, properties: pd.DataFrame, ridge: float = 1e-2):
-    """Least-squares linear models property ~ w (ridge-regularised) on the images with every property valid."""
-    w_table = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()})
-    w_all = column_vectors(latents, "w")
-    merged = w_table.reset_index().merge(properties, on="image_id")
-    valid = np.all([merged[f"{n}_valid"].astype(bool) for n in PROPERTY_NAMES], axis=0)
-    w = w_all[merged["index"].to_numpy()[valid]].astype(np.float64)
-    y = merged.loc[valid, list(PROPERTY_NAMES)].to_numpy(np.float64)
-    w_mean, y_mean = w.mean(0), y.mean(0)
-    wc = w - w_mean
-    coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))  # [w_dim, P]
-    weights = coef.T
-    bias = y_mean - weights @ w_mean
-    return torch.tensor(weights), torch.tensor(bias)
+def fit_directions(latents, properties: pd.DataFrame, ridge: float = 1e-2):
+    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid."""
+    ids = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()}).reset_index()
+    w_all = column_vectors(latents, "w").astype(np.float64)
+    merged = ids.merge(properties, on="image_id")
+    weights, bias = [], []
+    for name in PROPERTY_NAMES:
+        valid = merged[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
+        if valid.sum() < 3:
+            raise ValueError(f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction")
+        w = w_all[merged["index"].to_numpy()[valid]]
+        y = merged.loc[valid, name].to_numpy(np.float64)
+        w_mean, y_mean = w.mean(0), y.mean()
+        wc = w - w_mean
+        coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))
+        weights.append(coef)
+        bias.append(y_mean - coef @ w_mean)
+    return torch.tensor(np.stack(weights)), torch.tensor(np.array(bias))
 
 
 def data_rows(properties: pd.DataFrame) -> np.ndarray:
-    valid = np.all([properties[f"{n}_valid"].astype(bool) for n in PROPERTY_NAMES], axis=0)
-    return properties.loc[valid, list(PROPERTY_NAMES)].to_numpy(np.float32)
+    return property_matrix(properties)
 
 
 def draw_conditions(values: dict[str, float], rows: np.ndarray, n: int, seed: int) -> torch.Tensor:

@@ -262,3 +262,15 @@ def agreement_with_truth(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
             "valid_share": float(valid.mean()),
         }
     return out
+
+
+def property_matrix(table: pd.DataFrame) -> np.ndarray:
+    """[N, 7] property values with each invalid entry replaced by its column's median over the valid rows
+    (the middle of the range when a column has none), so every image can serve as a condition row."""
+    out = np.empty((len(table), len(PROPERTY_NAMES)), np.float32)
+    for k, name in enumerate(PROPERTY_NAMES):
+        valid = table[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
+        values = table[name].to_numpy(np.float32)
+        fill = np.median(values[valid]) if valid.any() else (0.0 if name == "face_pose" else 0.5)
+        out[:, k] = np.where(valid, values, fill)
+    return out

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from vhuman.generators import SyntheticGenerator, truncate
 from vhuman.io import atomic_path, load_torch_file, save_torch_atomic
+from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
 from vhuman.stylegan import StyleGANDiscriminator, StyleGANGenerator, discriminator_from_checkpoint
 from vhuman.synthetic import PROPERTY_NAMES
@@ -175,10 +176,9 @@ class ConditionSampler:
     """Property vectors for training: rows of the data, each property replaced by a uniform draw with prob. p."""
 
     def __init__(self, table: pd.DataFrame, replace_probability: float, gen: torch.Generator):
-        valid = np.all([table[f"{n}_valid"].astype(bool).to_numpy() for n in PROPERTY_NAMES], axis=0)
-        self.rows = torch.tensor(table.loc[valid, list(PROPERTY_NAMES)].to_numpy(np.float32))
+        self.rows = torch.tensor(property_matrix(table))
         if len(self.rows) == 0:
-            raise ValueError("no image has every property measured; cannot fine-tune")
+            raise ValueError("the property table is empty; cannot fine-tune")
         self.lo = torch.tensor([RANGES[n][0] for n in PROPERTY_NAMES])
         self.hi = torch.tensor([RANGES[n][1] for n in PROPERTY_NAMES])
         self.p, self.gen = replace_probability, gen
@@ -258,10 +258,9 @@ def finetune(
     state_path, log_path = work_dir / "state.pth", work_dir / "log.csv"
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    valid_all = np.all([properties[f"{n}_valid"].astype(bool).to_numpy() for n in PROPERTY_NAMES], axis=0)
-    values = properties.loc[valid_all, list(PROPERTY_NAMES)].to_numpy(np.float32)
+    values = property_matrix(properties)
     mean, std = torch.tensor(values.mean(0)), torch.tensor(values.std(0) + 1e-6)
-    real_images, real_c = real_images[torch.from_numpy(valid_all)], torch.from_numpy(values)
+    real_c = torch.from_numpy(values)
 
     mapping = ConditionalMapping(base, len(PROPERTY_NAMES), mean, std)
     model = ConditionalGenerator(base, mapping).to(device)

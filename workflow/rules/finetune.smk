@@ -30,10 +30,12 @@ rule finetune:
         "results/finetuned.pth",
     params:
         settings=config["finetune"]["train"],
-        work_dir="results/finetune",
+        # checkpoints and the training log, beside the model: results/finetune/
+        work_dir=lambda wildcards, output: str(Path(output[0]).with_name("finetune")),
         kind=config["generator"]["kind"],
         device=config["device"],
-        config=config,
+        # what the fine-tuned file records about how it was made
+        config={key: config[key] for key in ("generator", "finetune")},
     threads: 2
     resources:
         gpu=1,

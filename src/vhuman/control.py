@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from vhuman.generate import latent_for_seed
 from vhuman.generators import SyntheticGenerator, truncate
 from vhuman.io import column_vectors, save_png, to_uint8
 from vhuman.properties import property_matrix
@@ -101,14 +102,10 @@ def draw_conditions(values: dict[str, float], rows: np.ndarray, n: int, seed: in
     return torch.from_numpy(out)
 
 
-def latent(seed: int, z_dim: int) -> torch.Tensor:
-    return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
-
-
 @torch.inference_mode()
 def render(controller, seeds: list[int], c: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
     dev = next(controller.buffers()).device
-    z = torch.stack([latent(s, controller.z_dim) for s in seeds]).to(dev)
+    z = torch.stack([latent_for_seed(s, controller.z_dim) for s in seeds]).to(dev)
     return controller(z, c.to(dev), psi).cpu()
 
 

@@ -7,7 +7,6 @@ has no hand label.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
-from vhuman.io import atomic_path, load_image, save_torch_atomic, write_parquet_atomic
+from vhuman.io import load_image, save_torch_atomic, write_json, write_parquet_atomic
 
 
 @dataclass
@@ -275,8 +274,7 @@ def train_and_label(
     table = pd.concat([hand, guessed]).sort_values("image_id").reset_index(drop=True)
     write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), labels_path)
     metrics["model_labels"] = len(rest)
-    with atomic_path(metrics_path) as tmp:
-        Path(tmp).write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    write_json(metrics, metrics_path)
     return metrics
 
 

@@ -66,6 +66,14 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
         ) from exc
 
 
+def write_json(obj, path: str | Path) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -6,7 +6,6 @@ images, so it knows what male faces look like too. It is independent of the gend
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman.gender import load_images
-from vhuman.io import atomic_path, load_torch_file, save_torch_atomic
+from vhuman.io import load_torch_file, save_torch_atomic, write_json
 from vhuman.synthetic import PROPERTY_NAMES
 
 KIND = "vhuman-property-regressor"
@@ -112,8 +111,7 @@ def train_regressor(
             }
     save_torch_atomic({"kind": KIND, "settings": asdict(settings), "state_dict": model.state_dict()}, out_path)
     if metrics_path is not None:
-        with atomic_path(metrics_path) as tmp:
-            Path(tmp).write_text(json.dumps(metrics, indent=1))
+        write_json(metrics, metrics_path)
     return metrics
 
 

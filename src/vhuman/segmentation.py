@@ -8,7 +8,6 @@ up-samples its logits to the mask size, so its masks keep sub-pixel boundaries.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman import bisenet, synthetic
-from vhuman.io import CheckpointError, atomic_path, load_image, load_torch_file, save_png, save_torch_atomic
+from vhuman.io import CheckpointError, load_image, load_torch_file, save_png, save_torch_atomic, write_json
 
 NUM_CLASSES = len(synthetic.CLASS_NAMES)
 PARSER_KIND = "vhuman-world-parser"
@@ -165,8 +164,7 @@ def train_world_parser(
         "settings": asdict(settings),
     }
     if metrics_path is not None:
-        with atomic_path(metrics_path) as tmp:
-            Path(tmp).write_text(json.dumps(metrics, indent=1))
+        write_json(metrics, metrics_path)
     return metrics
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vhuman.generators import SyntheticGenerator, truncate
-from vhuman.io import atomic_path, load_torch_file, save_torch_atomic
+from vhuman.io import load_torch_file, save_torch_atomic
 from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
 from vhuman.stylegan import StyleGANDiscriminator, StyleGANGenerator, discriminator_from_checkpoint
@@ -422,8 +422,3 @@ def load_conditional_generator(path: str | Path) -> ConditionalGenerator:
     mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n))
     mapping.load_state_dict(ckpt["mapping"], strict=True)
     return ConditionalGenerator(base, mapping, ckpt["property_names"]).eval()
-
-
-def write_json(obj, path):
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=1))

@@ -4,11 +4,11 @@ import torch
 from vhuman.control import data_rows, evaluate, load_directions
 from vhuman.gender import load_ensemble, predict_images
 from vhuman.generate import pick_device
-from vhuman.io import logging_to, to_uint8
+from vhuman.io import logging_to, to_uint8, write_json
 from vhuman.properties import measure_properties
 from vhuman.segmentation import Parser
 from vhuman.synthetic import PROPERTY_NAMES
-from vhuman.training import load_conditional_generator, write_json
+from vhuman.training import load_conditional_generator
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

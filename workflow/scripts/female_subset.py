@@ -1,9 +1,7 @@
-import json
-
 import pandas as pd
 
 from vhuman.gender import female_subset
-from vhuman.io import atomic_path, logging_to
+from vhuman.io import logging_to, write_json
 
 with logging_to(snakemake.log[0]):
     labels = pd.read_parquet(snakemake.input.labels)
@@ -17,5 +15,4 @@ with logging_to(snakemake.log[0]):
         "min_p_female": snakemake.params.min_p_female,
         "min_p_good_quality": snakemake.params.min_p_good_quality,
     }
-    with atomic_path(snakemake.output.summary) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_json(summary, snakemake.output.summary)

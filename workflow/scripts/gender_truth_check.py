@@ -1,9 +1,7 @@
-import json
-
 import pandas as pd
 
 from vhuman.gender import truth_check
-from vhuman.io import atomic_path, logging_to
+from vhuman.io import logging_to, write_json
 
 with logging_to(snakemake.log[0]):
     result = truth_check(
@@ -11,5 +9,4 @@ with logging_to(snakemake.log[0]):
         pd.read_parquet(snakemake.input.truth),
         pd.read_parquet(snakemake.input.subset),
     )
-    with atomic_path(snakemake.output[0]) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    write_json(result, snakemake.output[0])

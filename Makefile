@@ -17,6 +17,7 @@ run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 
 test: $(BIN)/.installed
+	tests/system_packages.sh
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed

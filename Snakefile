@@ -20,6 +20,11 @@ include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/properties.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
 
 
 rule all:

@@ -1,7 +1,5 @@
 import csv
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -163,34 +161,6 @@ def start_server_process(images_dir, labels, port):
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the labelling server did not start")
-
-
-@pytest.fixture()
-def browser(tmp_path):
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_bin):
-        if os.environ.get("VHUMAN_REQUIRE_BROWSER"):
-            pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        f"--user-data-dir={tmp_path / 'chrome'}",
-    ):
-        options.add_argument(flag)
-    drv = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
-    yield drv
-    drv.quit()
 
 
 def wait_for(predicate, timeout=10.0):

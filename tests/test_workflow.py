@@ -131,6 +131,81 @@ def test_real_weights_config_plans_the_download_and_asks_for_hand_labels(tmp_pat
     assert "Hand labels data/labels/manual_labels.csv are missing" in text and "vhuman-label" in text
 
 
-def test_report_is_built(tiny_run):
-    snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "results/report.zip")
-    assert (tiny_run / "results/report.zip").stat().st_size > 10_000
+# What the report must show, by category: a file name seen in its list, and the kind of content its viewer shows.
+REPORT_SECTIONS = {
+    "1. Generated faces": {"results/generated/grid.png": "image"},
+    "2. Gender labels": {
+        "results/report/gender_metrics.html": "table",
+        "results/report/female_subset.html": "table",
+        "results/report/gender_truth_check.html": "table",
+    },
+    "3. Segmentation": {
+        "results/segmentation/examples.png": "image",
+        "results/report/parser_metrics.html": "table",
+        "results/report/parser_truth_check.html": "table",
+    },
+    "4. Properties": {
+        "results/properties/histograms.png": "image",
+        "results/report/properties_truth_check.html": "table",
+    },
+    "5. Control": {
+        "results/report/control.html": "table",
+        "results/evaluation/sweeps/finetuned_eyes.png": "image",
+        "results/evaluation/sweeps/directions_face_pose.png": "image",
+        "results/evaluation/animations/blink.html": "gif",
+        "results/evaluation/animations/talk.html": "gif",
+        "results/evaluation/animations/turn.html": "gif",
+    },
+}
+
+
+def shown_content(driver) -> dict:
+    """What the report's viewer shows now: data URLs of images and the decoded HTML of embedded pages."""
+    import base64
+
+    images = [img.get_attribute("src") for img in driver.find_elements("tag name", "img")]
+    pages = []
+    for frame in driver.find_elements("tag name", "iframe"):
+        src = frame.get_attribute("src") or ""
+        if src.startswith("data:text/html") and ";base64," in src:
+            pages.append(base64.b64decode(src.split(";base64,", 1)[1]).decode())
+    return {"images": [src for src in images if src and not src.startswith("data:image/svg")], "pages": pages}
+
+
+def report_rows(driver) -> dict:
+    """File name -> its row in the report's result list (rows that have a view button)."""
+    rows = {}
+    for row in driver.find_elements("css selector", "tr"):
+        if row.find_elements("css selector", "a[iconname=eye]"):
+            rows[row.find_element("tag name", "td").text] = row
+    return rows
+
+
+def test_report_opens_in_a_browser_with_every_section(tiny_run, browser):
+    import time
+
+    snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    browser.set_window_size(1400, 1000)
+    browser.get((tiny_run / "results/report.html").as_uri())
+    time.sleep(1.5)
+    for category, expected in REPORT_SECTIONS.items():
+        if not browser.find_elements("link text", category):
+            browser.find_element("link text", "Results").click()  # back to the list of categories
+            time.sleep(0.5)
+        browser.find_element("link text", category).click()
+        time.sleep(0.5)
+        assert set(expected) <= set(report_rows(browser)), (category, sorted(report_rows(browser)))
+        for name, kind in expected.items():
+            report_rows(browser)[name].find_element("css selector", "a[iconname=eye]").click()
+            time.sleep(0.5)
+            content = shown_content(browser)
+            if kind == "gif":
+                page = next((p for p in content["pages"] if "data:image/gif;base64," in p), "")
+                assert len(page) > 2_000, name
+            elif kind == "table":
+                page = next((p for p in content["pages"] if "<table>" in p), "")
+                # A real table: a header row and rows with numbers in them.
+                assert page.count("<tr>") >= 2 and any(ch.isdigit() for ch in page.split("<table>", 1)[-1]), name
+            else:
+                sizes = [len(src) for src in content["images"] if src.startswith("data:image/png")]
+                assert sizes and max(sizes) > 2_000, (name, [src[:40] for src in content["images"]])

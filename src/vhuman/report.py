@@ -93,3 +93,88 @@ def property_histograms(table, out_path: str | Path, bins: int = 20) -> None:
             draw.rectangle([x0 + 40 * j, y0 + 40 * i, x0 + 40 * j + 38, y0 + 40 * i + 38], fill=colour)
             _text(draw, (x0 + 40 * j + 6, y0 + 40 * i + 14), f"{r:+.2f}")
     save_png(np.asarray(canvas), out_path)
+
+
+# --- Tables: the metric JSON files shown as HTML in the report (a JSON file would only be a download there). ---
+
+_TABLE_STYLE = (
+    "<style>body{font-family:sans-serif;font-size:13px;margin:8px}table{border-collapse:collapse;margin:6px 0 14px}"
+    "th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}td:first-child,"
+    "th:first-child{text-align:left}h2{font-size:15px;margin:10px 0 2px}</style>"
+)
+
+
+def _cell(value) -> str:
+    from html import escape
+
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape(str(value))
+
+
+def _rows_table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _flatten(data: dict, prefix: str = "") -> tuple[list[list], dict[str, list]]:
+    """Scalars as (dotted key, value) rows; lists of records kept apart to be drawn as their own tables."""
+    scalars, record_lists = [], {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            sub_scalars, sub_lists = _flatten(value, f"{name}.")
+            scalars += sub_scalars
+            record_lists.update(sub_lists)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            record_lists[name] = value
+        else:
+            scalars.append([name, value])
+    return scalars, record_lists
+
+
+def metrics_table_html(data: dict, title: str, max_records: int = 60) -> str:
+    """A metrics dict as an HTML page: one key/value table, then each list of records as a table of its own."""
+    from html import escape
+
+    scalars, record_lists = _flatten(data)
+    parts = [f"<h2>{escape(title)}</h2>", _rows_table(["metric", "value"], scalars)]
+    for name, records in record_lists.items():
+        header = list(dict.fromkeys(k for record in records for k in record))
+        shown = records[:max_records]
+        parts.append(f"<h2>{escape(name)}</h2>")
+        parts.append(_rows_table(header, [[record.get(k, "") for k in header] for record in shown]))
+        if len(records) > len(shown):
+            parts.append(f"<p>... {len(records) - len(shown)} more rows in the JSON file.</p>")
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body>{''.join(parts)}</body></html>"
+
+
+def control_table_html(control: dict) -> str:
+    """control.json as one table per model and measurement: a row per property, a column per metric."""
+    from html import escape
+
+    columns = ["pearson_r", "mae", "share_of_z_passing", "cutoff", "other_properties_movement", "valid_share"]
+    parts = []
+    for model, result in control.items():
+        summary = ", ".join(f"{k} {_cell(v)}" for k, v in result.items() if not isinstance(v, dict))
+        parts.append(f"<h2>{escape(model)}</h2><p>{summary}</p>")
+        for measured_by, per_property in result.items():
+            if not isinstance(per_property, dict):
+                continue
+            rows = [[prop] + [stats.get(c, "") for c in columns] for prop, stats in per_property.items()]
+            parts.append(f"<p>measured by: {escape(measured_by)}</p>" + _rows_table(["property", *columns], rows))
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body>{''.join(parts)}</body></html>"
+
+
+def animation_page_html(gif_path: str | Path, title: str) -> str:
+    """A GIF inside an HTML page: the report's viewer shows HTML and PNG/JPEG/SVG, but not GIF files."""
+    import base64
+    from html import escape
+
+    data = base64.b64encode(Path(gif_path).read_bytes()).decode("ascii")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body><h2>{escape(title)}</h2>"
+        f"<img alt='{escape(title)}' style='image-rendering:pixelated;width:256px' "
+        f"src='data:image/gif;base64,{data}'></body></html>"
+    )

@@ -48,4 +48,6 @@ def final_outputs():
             "results/segmentation/truth_check.json",
             "results/properties/truth_check.json",
         ]
+    # Tables for the report; the rule that writes them is defined in report.smk, after this file.
+    outputs += [f"results/report/{name}.html" for name in REPORT_TABLES]
     return outputs

@@ -25,11 +25,7 @@ rule gender_cnn:
     output:
         model="results/gender/cnn.pth",
         labels="results/gender/labels.parquet",
-        metrics=report(
-            "results/gender/metrics.json",
-            caption="../report/gender_metrics.rst",
-            category="2. Gender labels",
-        ),
+        metrics="results/gender/metrics.json",
     params:
         settings=config["gender_cnn"],
         hand_label_error_rate=config["labels"]["hand_label_error_rate"],
@@ -47,11 +43,7 @@ rule female_subset:
         labels="results/gender/labels.parquet",
     output:
         subset="results/subset/female.parquet",
-        summary=report(
-            "results/subset/summary.json",
-            caption="../report/female_subset.rst",
-            category="2. Gender labels",
-        ),
+        summary="results/subset/summary.json",
     params:
         min_p_female=config["subset"]["min_p_female"],
         min_p_good_quality=config["subset"]["min_p_good_quality"],
@@ -69,11 +61,7 @@ if SYNTHETIC:
             subset="results/subset/female.parquet",
             truth="results/generated/truth.parquet",
         output:
-            report(
-                "results/gender/truth_check.json",
-                caption="../report/gender_truth_check.rst",
-                category="2. Gender labels",
-            ),
+            "results/gender/truth_check.json",
         log:
             "logs/gender_truth_check.log",
         script:

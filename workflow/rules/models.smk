@@ -15,6 +15,10 @@ if SYNTHETIC:
 
 else:
 
+    # Compute nodes of a cluster often have no internet: downloads run beside the scheduler.
+    localrules:
+        download_generator,
+
     rule download_generator:
         output:
             generator_checkpoint(),

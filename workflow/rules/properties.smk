@@ -36,11 +36,7 @@ if SYNTHETIC:
             properties="results/properties.parquet",
             truth="results/generated/truth.parquet",
         output:
-            report(
-                "results/properties/truth_check.json",
-                caption="../report/properties_truth_check.rst",
-                category="4. Properties",
-            ),
+            "results/properties/truth_check.json",
         log:
             "logs/properties_truth_check.log",
         script:

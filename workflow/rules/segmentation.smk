@@ -5,11 +5,7 @@ if SYNTHETIC:
     rule world_parser:
         output:
             model=config["segmentation"]["checkpoint"],
-            metrics=report(
-                "results/segmentation/parser_metrics.json",
-                caption="../report/parser_metrics.rst",
-                category="3. Segmentation",
-            ),
+            metrics="results/segmentation/parser_metrics.json",
         params:
             settings=config["segmentation"]["world_parser"],
             mask_resolution=config["segmentation"]["mask_resolution"],
@@ -22,6 +18,10 @@ if SYNTHETIC:
             "../scripts/world_parser.py"
 
 else:
+
+    # Compute nodes of a cluster often have no internet: downloads run beside the scheduler.
+    localrules:
+        download_bisenet,
 
     rule download_bisenet:
         output:
@@ -82,11 +82,7 @@ if SYNTHETIC:
             masks="results/segmentation/masks",
             truth_masks="results/generated/truth_masks",
         output:
-            report(
-                "results/segmentation/truth_check.json",
-                caption="../report/parser_truth_check.rst",
-                category="3. Segmentation",
-            ),
+            "results/segmentation/truth_check.json",
         log:
             "logs/parser_truth_check.log",
         script:

@@ -3,7 +3,8 @@ from pathlib import Path
 import pandas as pd
 
 from vhuman.control import ANIMATIONS, animation, data_rows, load_directions, sweep_grid
-from vhuman.io import logging_to, save_png
+from vhuman.io import atomic_path, logging_to, save_png
+from vhuman.report import animation_page_html
 from vhuman.synthetic import PROPERTY_NAMES
 from vhuman.training import load_conditional_generator
 
@@ -16,4 +17,7 @@ with logging_to(snakemake.log[0]):
         save_png(sweep_grid(finetuned, name, seeds, rows), Path(snakemake.output.sweeps) / f"finetuned_{name}.png")
         save_png(sweep_grid(directions, name, seeds, rows), Path(snakemake.output.sweeps) / f"directions_{name}.png")
     for clip, (name, values) in ANIMATIONS.items():
-        animation(finetuned, name, values, seeds[0], rows, Path(snakemake.output.animations) / f"{clip}.gif")
+        gif = Path(snakemake.output.animations) / f"{clip}.gif"
+        animation(finetuned, name, values, seeds[0], rows, gif)
+        with atomic_path(gif.with_suffix(".html")) as tmp:
+            tmp.write_text(animation_page_html(gif, f"{clip}: {name} between {min(values):g} and {max(values):g}"))

@@ -1,0 +1,25 @@
+from vhuman.report import animation_page_html, control_table_html, metrics_table_html
+
+
+def test_metrics_table_flattens_nested_values_and_draws_record_lists():
+    data = {"n": 7, "gender": {"auroc": 0.98765, "confusion": {"tp": 4}}, "history": [{"epoch": i} for i in range(5)]}
+    page = metrics_table_html(data, "gender metrics", max_records=3)
+    assert "<td>gender.auroc</td><td>0.9877</td>" in page
+    assert "<td>gender.confusion.tp</td><td>4</td>" in page
+    assert "<th>epoch</th>" in page and "<td>2</td>" in page and "<td>3</td>" not in page
+    assert "2 more rows" in page
+
+
+def test_control_table_has_a_row_per_property_and_model():
+    stats = {"pearson_r": 0.5, "mae": 0.1, "share_of_z_passing": 0.2}
+    control = {"finetuned": {"female_rate": 0.9, "truth": {"eyes": stats, "mouth": stats}}, "directions": {}}
+    page = control_table_html(control)
+    assert page.count("<td>eyes</td>") == 1 and page.count("<td>mouth</td>") == 1
+    assert "female_rate 0.9" in page and "<h2>directions</h2>" in page
+
+
+def test_animation_page_embeds_the_gif(tmp_path):
+    gif = tmp_path / "a.gif"
+    gif.write_bytes(b"GIF89a-not-really")
+    page = animation_page_html(gif, "blink <eyes>")
+    assert "data:image/gif;base64,R0lGODlhLW5vdC1yZWFsbHk=" in page and "blink &lt;eyes&gt;" in page

@@ -1,0 +1,113 @@
+"""The SLURM profile on a real (one-node) SLURM: the tiny demo DAG is submitted through snakemake's slurm executor."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.slurm_cluster import (
+    INSTALL_HINT,
+    jobs_seen_by_squeue,
+    missing_programs,
+    one_node_cluster,
+    system_conf_in_use,
+)
+from tests.test_workflow import SNAKEMAKE, TINY, workdir_copy
+
+PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+GPU_RULES = {rule for rule, res in PROFILE["set-resources"].items() if "gpu" in str(res.get("gres", ""))}
+
+
+def require_slurm() -> None:
+    problems = []
+    if missing_programs():
+        problems.append(f"missing {', '.join(missing_programs())}: {INSTALL_HINT}")
+    if system_conf_in_use():
+        problems.append("this machine has its own /etc/slurm/slurm.conf, which the test cluster will not replace")
+    if os.geteuid() != 0:
+        problems.append("the one-node test cluster's daemons need root")
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        problems.append("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')")
+    if problems:
+        message = "SLURM test cannot run: " + "; ".join(problems)
+        if os.environ.get("VHUMAN_REQUIRE_SLURM"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def planned_jobs(work, env) -> dict[str, int]:
+    """Rule -> job count of a dry run, read from snakemake's own job-stats table."""
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--configfile", "tiny.yaml"], cwd=work, env=env, capture_output=True, text=True, check=True
+    )
+    table = proc.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = {}
+    for line in table.splitlines():
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.mark.slow
+def test_tiny_dag_runs_on_slurm_through_the_profile(tmp_path):
+    require_slurm()
+    work = workdir_copy(tmp_path)
+    shutil.copytree(REPO / "profiles", work / "profiles")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    with one_node_cluster(tmp_path / "slurm") as env:
+        # As the README tells a user: account and partition come from the environment.
+        env = {**env, "SLURM_ACCOUNT": "vhuman", "SLURM_PARTITION": "debug"}
+        planned = planned_jobs(work, env)
+        proc = subprocess.run(
+            [
+                SNAKEMAKE,
+                "--profile",
+                "profiles/slurm",
+                "--configfile",
+                "tiny.yaml",
+                # No accounting database here: read job states from squeue (MinJobAge keeps finished jobs).
+                "--slurm-status-command",
+                "squeue",
+                "--slurm-init-seconds-before-status-checks",
+                "2",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+        jobs = jobs_seen_by_squeue(env)
+    assert proc.returncode == 0, f"snakemake on SLURM failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+    # Every planned job but the local target ran as a SLURM job, and each one completed.
+    ran = {}
+    for job in jobs:
+        rule = job["comment"].removeprefix("rule_").split("_wildcards_")[0]
+        ran.setdefault(rule, []).append(job)
+    expected = {rule: count for rule, count in planned.items() if rule != "all"}
+    assert {rule: len(js) for rule, js in ran.items()} == expected
+    assert all(job["state"] == "COMPLETED" for job in jobs), jobs
+    assert "finetune" in ran and "evaluate_control" in ran
+
+    # GPU rules asked SLURM for a GPU and the profile's CPUs and memory; the others did not ask for a GPU.
+    for rule, rule_jobs in ran.items():
+        for job in rule_jobs:
+            if rule in GPU_RULES:
+                assert "gpu:1" in job["tres_per_node"], (rule, job)
+                assert job["cpus"] == str(PROFILE["set-resources"][rule]["cpus_per_task"]), (rule, job)
+            else:
+                assert "gpu" not in job["tres_per_node"], (rule, job)
+    assert ran["finetune"][0]["min_memory"] == f"{PROFILE['set-resources']['finetune']['mem_mb']}M"
+
+    results = work / "results"
+    assert (results / "finetuned.pth").is_file()
+    assert (results / "evaluation" / "control.json").is_file()
+    assert "fine-tune" in (work / "logs" / "finetune.log").read_text()

@@ -111,3 +111,30 @@ def test_tiny_dag_runs_on_slurm_through_the_profile(tmp_path):
     assert (results / "finetuned.pth").is_file()
     assert (results / "evaluation" / "control.json").is_file()
     assert "fine-tune" in (work / "logs" / "finetune.log").read_text()
+
+
+def rules_declaring_a_gpu() -> set[str]:
+    """Rules whose `resources:` block says gpu=1, read from the rule files."""
+    found = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n\s*rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0].strip()
+            if re.search(r"resources:\s*\n\s*gpu=1", block):
+                found.add(name)
+    return found
+
+
+def test_profile_asks_slurm_for_a_gpu_for_exactly_the_gpu_rules():
+    assert GPU_RULES == rules_declaring_a_gpu()
+    assert set(PROFILE["set-threads"]) == GPU_RULES
+
+
+def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):
+    work = workdir_copy(tmp_path)
+    shutil.copytree(REPO / "profiles", work / "profiles")
+    proc = subprocess.run(
+        [SNAKEMAKE, "--profile", "profiles/local", "-n"], cwd=work, capture_output=True, text=True, check=True
+    )
+    assert "rule finetune:" in proc.stdout
+    local = yaml.safe_load((REPO / "profiles" / "local" / "config.yaml").read_text())
+    assert "gpu=1" in local["resources"]

@@ -41,20 +41,38 @@ def world(base):
     return table, w, uint8
 
 
-def test_fine_tuned_model_starts_exactly_as_the_base(base, world):
+@pytest.fixture(scope="module")
+def directions(world):
+    table, w, _ = world
+    latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
+    labels = pd.DataFrame({"image_id": table["image_id"], "p_female": (np.arange(len(table)) % 3 > 0).astype(float)})
+    return fit_directions(latents, table, labels)
+
+
+@pytest.mark.parametrize("with_directions", [False, True])
+def test_fine_tuned_model_starts_exactly_as_the_base(base, world, directions, with_directions):
     table = world[0]
-    mapping = ConditionalMapping(base, len(PROPERTY_NAMES), torch.zeros(7), torch.ones(7))
+    mapping = ConditionalMapping(
+        base, len(PROPERTY_NAMES), torch.zeros(7), torch.ones(7), directions if with_directions else None
+    )
     model = ConditionalGenerator(base, mapping)
     z = torch.randn(4, 512)
     c = torch.rand(4, 7)
     with torch.no_grad():
-        assert torch.equal(model.mapping(z, c), base.mapping(z))
+        assert torch.allclose(model.mapping(z, c), base.mapping(z), atol=1e-5)
+        if with_directions:
+            # Gates open: the mapping makes the baseline's edit, properties and the female row on target.
+            mapping.direction_gate.fill_(1.0)
+            w = model.mapping(z, c)
+            linear = w.double() @ directions["weights"].t() + directions["bias"]
+            assert torch.allclose(linear[:, :7].float(), c, atol=1e-3)
+            assert torch.allclose(linear[:, 7].float(), torch.ones(4), atol=1e-3)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("cond_mapping.") for n in trainable)  # synthesis frozen
     assert len(table) == 400
 
 
-def test_finetune_learns_control_and_resumes(base, world, tmp_path):
+def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     table, _, images = world
     regressor = PropertyRegressor(width=8)  # untrained critic: enough to test the mechanics, not the quality
     settings = FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3)
@@ -71,6 +89,7 @@ def test_finetune_learns_control_and_resumes(base, world, tmp_path):
         record,
         torch.device("cpu"),
         progress=False,
+        directions=directions,
     )
     log = pd.read_csv(tmp_path / "work" / "log.csv")
     assert list(log["step"]) == [3] and {"control", "d_loss", "r_eyes", "female_rate"} <= set(log.columns)
@@ -93,6 +112,7 @@ def test_finetune_learns_control_and_resumes(base, world, tmp_path):
         record,
         torch.device("cpu"),
         progress=False,
+        directions=directions,
     )
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3, 6]  # steps 1-3 were not redone
     assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 6
@@ -110,6 +130,7 @@ def test_finetune_learns_control_and_resumes(base, world, tmp_path):
         record,
         torch.device("cpu"),
         progress=False,
+        directions=directions,
     )
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3]
 
@@ -117,7 +138,8 @@ def test_finetune_learns_control_and_resumes(base, world, tmp_path):
 def test_directions_baseline_reaches_linear_targets(base, world):
     table, w, _ = world
     latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
-    weights, bias = fit_directions(latents, table)
+    fit = fit_directions(latents, table)
+    weights, bias = fit["weights"], fit["bias"]
     ctrl = DirectionsController(base, weights, bias)
     z = torch.randn(6, 512)
     c = draw_conditions({"eyes": 0.9}, table[list(PROPERTY_NAMES)].to_numpy(np.float32), 6, seed=0)

@@ -23,7 +23,7 @@ from vhuman.io import column_vectors, save_png, to_uint8
 from vhuman.properties import property_matrix
 from vhuman.report import image_grid
 from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
-from vhuman.training import RANGES, load_conditional_generator
+from vhuman.training import RANGES, load_conditional_generator, move_to_linear_target
 
 # The seed project's last per-z cutoffs on Pearson r (eyes, mouth, pose); 0.88 for the others.
 CUTOFFS = {"eyes": 0.92, "mouth": 0.88, "face_pose": 0.88}
@@ -33,14 +33,23 @@ class DirectionsController(torch.nn.Module):
     """Base generator + linear property directions in W (least squares on the property table).
 
     For a requested property vector c, w moves to the nearest point (in the least-norm sense) where the linear
-    model reads exactly c: ``w' = w + A^T (A A^T)^-1 (c - (A w + b))``.
+    model reads exactly c: ``w' = w + A^T (A A^T)^-1 (c - (A w + b))``. Rows of A beyond the properties (the
+    gender score) are set to their ``fixed_targets`` (female) in the same move, so that setting a property does
+    not change the gender on the way.
     """
 
-    def __init__(self, base: torch.nn.Module, weights: torch.Tensor, bias: torch.Tensor):
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        weights: torch.Tensor,
+        bias: torch.Tensor,
+        fixed_targets: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
-        self.register_buffer("weights", weights.float())  # [P, w_dim]
+        self.register_buffer("weights", weights.float())  # [P + H, w_dim]
         self.register_buffer("bias", bias.float())
+        self.register_buffer("fixed_targets", (torch.zeros(0) if fixed_targets is None else fixed_targets).float())
         self.register_buffer("gram_inv", torch.linalg.inv(self.weights @ self.weights.t()))
         self.z_dim, self.w_dim, self.num_layers = base.z_dim, base.w_dim, base.num_layers
         self.resolution, self.property_names = base.resolution, PROPERTY_NAMES
@@ -50,9 +59,8 @@ class DirectionsController(torch.nn.Module):
         return self.base.w_avg
 
     def mapping(self, z, c):
-        w = self.base.mapping(z)
-        gap = c - (w @ self.weights.t() + self.bias)
-        return w + (gap @ self.gram_inv) @ self.weights
+        target = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
+        return move_to_linear_target(self.base.mapping(z), self.weights, self.bias, self.gram_inv, target)
 
     def wp(self, z, c, psi=1.0, layers=None):
         return truncate(self.mapping(z, c), self.base.w_avg, self.num_layers, psi, layers)
@@ -64,8 +72,20 @@ class DirectionsController(torch.nn.Module):
         return self.synthesis(self.wp(z, c, psi))
 
 
-def fit_directions(latents, properties: pd.DataFrame, ridge: float = 1e-2):
-    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid."""
+def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    w_mean, y_mean = w.mean(0), y.mean()
+    wc = w - w_mean
+    coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))
+    return coef, float(y_mean - coef @ w_mean)
+
+
+def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | None = None, ridge: float = 1e-2) -> dict:
+    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid;
+    with ``labels`` (p_female of every generated image) also a gender row, whose target is 1 (female).
+
+    Returns ``weights`` [P (+1), w_dim], ``bias`` and ``fixed_targets`` (the targets of the rows after the
+    properties), as tensors, and ``rows`` (their names).
+    """
     ids = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()}).reset_index()
     w_all = column_vectors(latents, "w").astype(np.float64)
     merged = ids.merge(properties, on="image_id")
@@ -74,14 +94,23 @@ def fit_directions(latents, properties: pd.DataFrame, ridge: float = 1e-2):
         valid = merged[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
         if valid.sum() < 3:
             raise ValueError(f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction")
-        w = w_all[merged["index"].to_numpy()[valid]]
-        y = merged.loc[valid, name].to_numpy(np.float64)
-        w_mean, y_mean = w.mean(0), y.mean()
-        wc = w - w_mean
-        coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))
+        coef, b = _ridge_line(w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(), ridge)
         weights.append(coef)
-        bias.append(y_mean - coef @ w_mean)
-    return torch.tensor(np.stack(weights)), torch.tensor(np.array(bias))
+        bias.append(b)
+    rows, fixed = list(PROPERTY_NAMES), []
+    if labels is not None:
+        gender = ids.merge(labels[["image_id", "p_female"]], on="image_id")
+        coef, b = _ridge_line(w_all[gender["index"].to_numpy()], gender["p_female"].to_numpy(np.float64), ridge)
+        weights.append(coef)
+        bias.append(b)
+        rows.append("female")
+        fixed.append(1.0)
+    return {
+        "weights": torch.tensor(np.stack(weights)),
+        "bias": torch.tensor(np.array(bias)),
+        "fixed_targets": torch.tensor(fixed, dtype=torch.float64),
+        "rows": rows,
+    }
 
 
 def data_rows(properties: pd.DataFrame) -> np.ndarray:
@@ -281,4 +310,4 @@ if __name__ == "__main__":
 
 def load_directions(path: str | Path, base: torch.nn.Module) -> DirectionsController:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return DirectionsController(base, ckpt["weights"], ckpt["bias"]).eval()
+    return DirectionsController(base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets")).eval()

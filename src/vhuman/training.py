@@ -47,9 +47,10 @@ class FinetuneSettings:
     batch_size: int = 32
     lr_mapping: float = 1e-3
     lr_discriminator: float = 1e-3
+    lr_direction_gate: float = 0.02
     control_weight: float = 10.0
     gender_weight: float = 1.0
-    keep_weight: float = 1.0
+    keep_weight: float = 0.1
     adversarial_weight: float = 0.1
     r1_gamma: float = 1.0
     r1_every: int = 16
@@ -68,10 +69,32 @@ def _pixel_norm(z):
     return z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
 
 
-class ConditionalMapping(nn.Module):
-    """The base mapping with the (normalised) property vector appended to its input through zero-started weights."""
+def move_to_linear_target(
+    w: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, gram_inv: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The least-norm move of w after which the linear property model ``weights @ w + bias`` reads ``target``:
+    ``w + A^T (A A^T)^-1 (target - (A w + b))`` (the latent-directions edit)."""
+    gap = target - (w @ weights.t() + bias)
+    return w + (gap @ gram_inv) @ weights
 
-    def __init__(self, base: nn.Module, num_conditions: int, mean: torch.Tensor, std: torch.Tensor):
+
+class ConditionalMapping(nn.Module):
+    """The base mapping with the (normalised) property vector appended to its input through zero-started weights.
+
+    With ``directions`` (the latent-directions baseline's linear property model in W), the output also moves
+    towards the requested values along those directions, scaled per property by a gate that starts at zero: the
+    model starts exactly as the base, and the fine-tune begins its search next to the baseline's edit instead of
+    having to find the directions itself.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        num_conditions: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        directions: dict | None = None,
+    ):
         super().__init__()
         if isinstance(base, SyntheticGenerator):
             self.kind, self.layers = "synthetic", copy.deepcopy(base.mapping_net)
@@ -86,6 +109,16 @@ class ConditionalMapping(nn.Module):
         self.condition_weight = nn.Parameter(torch.zeros(first_out, num_conditions))
         self.register_buffer("mean", mean.float().clone())
         self.register_buffer("std", std.float().clone())
+        if directions is not None:
+            weights, bias = directions["weights"].float().clone(), directions["bias"].float().clone()
+            fixed = directions.get("fixed_targets")
+            self.register_buffer("direction_weights", weights)
+            self.register_buffer("direction_bias", bias)
+            self.register_buffer("direction_fixed_targets", torch.zeros(0) if fixed is None else fixed.float().clone())
+            self.register_buffer("direction_gram_inv", torch.linalg.inv(weights @ weights.t()))
+            self.direction_gate = nn.Parameter(torch.zeros(len(weights)))
+        else:
+            self.direction_gate = None
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         extra = ((c - self.mean) / self.std) @ self.condition_weight.t()
@@ -94,12 +127,18 @@ class ConditionalMapping(nn.Module):
             x = F.leaky_relu(self.layers[0](x) + extra, 0.2)
             for lin in self.layers[1:]:
                 x = F.leaky_relu(lin(x), 0.2)
+        else:
+            d0 = self.layers.dense0
+            x = F.leaky_relu(F.linear(x, d0.weight * d0.wscale, d0.bias * d0.lr_mul) + extra, 0.2)
+            for i in range(1, self.layers.num_layers):
+                x = getattr(self.layers, f"dense{i}")(x)
+        if self.direction_gate is None:
             return x
-        d0 = self.layers.dense0
-        x = F.leaky_relu(F.linear(x, d0.weight * d0.wscale, d0.bias * d0.lr_mul) + extra, 0.2)
-        for i in range(1, self.layers.num_layers):
-            x = getattr(self.layers, f"dense{i}")(x)
-        return x
+        # The gate blends, per property, the linear model's current reading with the requested value.
+        current = x @ self.direction_weights.t() + self.direction_bias
+        wanted = torch.cat([c, self.direction_fixed_targets.expand(len(c), -1)], dim=1)
+        target = current + self.direction_gate * (wanted - current)
+        return move_to_linear_target(x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target)
 
 
 class ConditionalGenerator(nn.Module):
@@ -247,11 +286,13 @@ def finetune(
     record: dict,
     device: torch.device,
     progress: bool = True,
+    directions: dict | None = None,
 ) -> dict:
     """Train, checkpointing to ``work_dir/state.pth``; write the EMA model to ``out_path``.
 
     ``real_images`` are the female subset's images (uint8 [N, 3, H, W]) paired row by row with ``properties``.
-    ``record`` is stored in the output file (base checkpoint's sha256, config, ...).
+    ``record`` is stored in the output file (base checkpoint's sha256, config, ...). ``directions`` (``fit_directions``'
+    dict) is the latent-directions baseline's linear model, the mapping's gated starting edit.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -262,15 +303,30 @@ def finetune(
     mean, std = torch.tensor(values.mean(0)), torch.tensor(values.std(0) + 1e-6)
     real_c = torch.from_numpy(values)
 
-    mapping = ConditionalMapping(base, len(PROPERTY_NAMES), mean, std)
+    mapping = ConditionalMapping(base, len(PROPERTY_NAMES), mean, std, directions)
     model = ConditionalGenerator(base, mapping).to(device)
     ema = copy.deepcopy(mapping).to(device).requires_grad_(False)
     disc = discriminator_for(base, base_checkpoint, len(PROPERTY_NAMES)).to(device)
     regressor = regressor.to(device).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(mapping.parameters(), lr=settings.lr_mapping, betas=(0.0, 0.99))
+    gate = [p for n, p in mapping.named_parameters() if n == "direction_gate"]
+    rest = [p for n, p in mapping.named_parameters() if n != "direction_gate"]
+    opt_g = torch.optim.Adam(
+        [{"params": rest}, {"params": gate, "lr": settings.lr_direction_gate}],
+        lr=settings.lr_mapping,
+        betas=(0.0, 0.99),
+    )
     opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr_discriminator, betas=(0.0, 0.99))
     sampler = ConditionSampler(properties, settings.replace_probability, gen)
-    fingerprint = settings_hash(settings, {"base": record.get("base_sha256"), "n": len(real_c)})
+    fingerprint = settings_hash(
+        settings,
+        {
+            "base": record.get("base_sha256"),
+            "n": len(real_c),
+            "directions": None
+            if directions is None
+            else hashlib.sha256(directions["weights"].numpy().tobytes()).hexdigest(),
+        },
+    )
     start = 0
     if state_path.exists():
         state = load_torch_file(state_path, what="fine-tune state")
@@ -419,6 +475,16 @@ def load_conditional_generator(path: str | Path) -> ConditionalGenerator:
     )
     base.load_state_dict(base_info["state_dict"], strict=True)
     n = len(ckpt["property_names"])
-    mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n))
-    mapping.load_state_dict(ckpt["mapping"], strict=True)
+    state = ckpt["mapping"]
+    directions = None
+    if "direction_weights" in state:
+        # Placeholders of the right shape (invertible A A^T); the loaded buffers replace them.
+        k = len(state["direction_weights"])
+        directions = {
+            "weights": torch.eye(k, state["direction_weights"].shape[1]),
+            "bias": torch.zeros(k),
+            "fixed_targets": torch.zeros(len(state["direction_fixed_targets"])),
+        }
+    mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n), directions)
+    mapping.load_state_dict(state, strict=True)
     return ConditionalGenerator(base, mapping, ckpt["property_names"]).eval()

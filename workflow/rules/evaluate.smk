@@ -6,6 +6,7 @@ rule latent_directions:
         generator=generator_checkpoint(),
         latents="results/generated/latents.parquet",
         properties="results/properties.parquet",
+        labels="results/gender/labels.parquet",
     output:
         "results/directions/directions.pth",
     params:

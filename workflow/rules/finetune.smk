@@ -24,6 +24,7 @@ rule finetune:
     input:
         generator=generator_checkpoint(),
         regressor="results/models/property_regressor.pth",
+        directions="results/directions/directions.pth",
         properties="results/properties.parquet",
         images="results/generated/images",
     output:

@@ -12,6 +12,7 @@ with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     base = load_generator(snakemake.input.generator, kind=snakemake.params.kind)
     properties = pd.read_parquet(snakemake.input.properties)
+    directions = load_torch_file(snakemake.input.directions, what="latent directions")
     images = load_images(snakemake.input.images, list(properties["image_id"]), base.resolution)
     record = {
         "base_checkpoint": snakemake.input.generator,
@@ -29,4 +30,5 @@ with logging_to(snakemake.log[0]):
         snakemake.output[0],
         record,
         pick_device(snakemake.params.device),
+        directions=directions,
     )

@@ -5,13 +5,12 @@ from vhuman.control import fit_directions
 from vhuman.io import logging_to, save_torch_atomic
 
 with logging_to(snakemake.log[0]):
-    weights, bias = fit_directions(pq.read_table(snakemake.input.latents), pd.read_parquet(snakemake.input.properties))
+    directions = fit_directions(
+        pq.read_table(snakemake.input.latents),
+        pd.read_parquet(snakemake.input.properties),
+        pd.read_parquet(snakemake.input.labels),
+    )
     save_torch_atomic(
-        {
-            "weights": weights,
-            "bias": bias,
-            "base_checkpoint": snakemake.input.generator,
-            "base_kind": snakemake.params.kind,
-        },
+        {**directions, "base_checkpoint": snakemake.input.generator, "base_kind": snakemake.params.kind},
         snakemake.output[0],
     )

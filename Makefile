@@ -28,7 +28,7 @@ report: $(BIN)/.installed
 	$(BIN)/snakemake --report results/report.html
 
 dag:
-	$(BIN)/snakemake --dag | dot -Tsvg > docs/dag.svg
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/dag.svg
 
 clean:
 	rm -rf results logs .snakemake

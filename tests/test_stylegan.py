@@ -149,3 +149,29 @@ def test_noise_modes(fixture, zoo_file):
         random_a = generator.synthesis(wp, noise_mode="random")
     assert torch.equal(const_a, const_b)
     assert not torch.allclose(const_a, random_a)
+
+
+def test_fast_paths_agree_with_the_plain_ones():
+    """Channels-last activations and the inference-mode kernel cache change speed, not results; the cache is
+    rebuilt when a weight changes."""
+    torch.manual_seed(0)
+    gen = StyleGANGenerator(128, fmaps_base=1024, fmaps_max=32).eval()  # 128: fused up-sampling too
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.normal_()
+    z = torch.randn(3, 512)
+    with torch.inference_mode():
+        fast = gen.synthesis(gen.truncation(gen.mapping(z)))
+        gen.synthesis.channels_last = False
+        plain = gen.synthesis(gen.truncation(gen.mapping(z)))
+    with torch.no_grad():
+        grad_mode = gen.synthesis(gen.truncation(gen.mapping(z)))
+    assert torch.allclose(fast, plain, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(plain, grad_mode, atol=1e-5)
+    with torch.no_grad():
+        gen.synthesis.layer10.weight.mul_(-1)  # the fused up-sampling layer at 128
+    with torch.inference_mode():
+        changed = gen.synthesis(gen.truncation(gen.mapping(z)))
+    with torch.no_grad():
+        expected = gen.synthesis(gen.truncation(gen.mapping(z)))
+    assert not torch.allclose(changed, plain) and torch.allclose(changed, expected, atol=1e-5)

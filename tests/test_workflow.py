@@ -209,3 +209,18 @@ def test_report_opens_in_a_browser_with_every_section(tiny_run, browser):
             else:
                 sizes = [len(src) for src in content["images"] if src.startswith("data:image/png")]
                 assert sizes and max(sizes) > 2_000, (name, [src[:40] for src in content["images"]])
+
+
+def test_controlled_generation_cli(tiny_run, tmp_path):
+    cli = str(Path(sys.executable).with_name("vhuman-generate"))
+    out = tmp_path / "controlled"
+    proc = subprocess.run(
+        [cli, "--seeds", "0-2", "--eyes", "0.2", "--face_pose", "-0.5", "--out", str(out)],
+        cwd=tiny_run,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.png")) == ["seed000000.png", "seed000001.png", "seed000002.png"]
+    bad = subprocess.run([cli, "--eyes", "1.5", "--out", str(out)], cwd=tiny_run, capture_output=True, text=True)
+    assert bad.returncode != 0 and "eyes" in bad.stderr

@@ -42,6 +42,17 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} CPU threads, {generator.resolution}x{generator.resolution}")
     for device in devices:
         generator.to(device)
+        if device.type == "cuda":
+            # Half precision is only worth having if it draws the same picture: within 1/255 of float32.
+            z = torch.randn(8, generator.z_dim, device=device)
+            with torch.inference_mode():
+                wp = generator.truncation(generator.mapping(z), 0.7, 8)
+                full = generator.synthesis(wp)
+                with torch.autocast("cuda", dtype=torch.float16):
+                    half = generator.synthesis(wp).float()
+            gap = float((full - half).abs().max()) / 2  # images span [-1, 1]: 2 units = 255 levels
+            verdict = "within" if gap <= 1 / 255 else "beyond"
+            print(f"cuda float16 vs float32: max difference {gap * 255:.2f}/255 ({verdict} 1/255)")
         dtypes = [torch.float32] + ([torch.float16] if device.type == "cuda" else [])
         for dtype in dtypes:
             for batch in args.batches:

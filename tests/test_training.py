@@ -77,20 +77,24 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     regressor = PropertyRegressor(width=8)  # untrained critic: enough to test the mechanics, not the quality
     settings = FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3)
     record = {"base_sha256": "x"}
-    finetune(
-        base,
-        None,
-        regressor,
-        table,
-        images,
-        settings,
-        tmp_path / "work",
-        tmp_path / "ft.pth",
-        record,
-        torch.device("cpu"),
-        progress=False,
-        directions=directions,
-    )
+
+    def run(run_settings, out_name):
+        finetune(
+            base,
+            None,
+            regressor,
+            table,
+            images,
+            run_settings,
+            tmp_path / "work",
+            tmp_path / out_name,
+            record,
+            torch.device("cpu"),
+            progress=False,
+            directions=directions,
+        )
+
+    run(settings, "ft.pth")
     log = pd.read_csv(tmp_path / "work" / "log.csv")
     assert list(log["step"]) == [3] and {"control", "d_loss", "r_eyes", "female_rate"} <= set(log.columns)
     model = load_conditional_generator(tmp_path / "ft.pth")
@@ -100,38 +104,12 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     # Resume (as after a kill at step 3): the run continues from the saved state instead of starting over.
     assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 3
     longer = FinetuneSettings(steps=6, batch_size=8, checkpoint_every=3, log_every=3)
-    finetune(
-        base,
-        None,
-        regressor,
-        table,
-        images,
-        longer,
-        tmp_path / "work",
-        tmp_path / "ft2.pth",
-        record,
-        torch.device("cpu"),
-        progress=False,
-        directions=directions,
-    )
+    run(longer, "ft2.pth")
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3, 6]  # steps 1-3 were not redone
     assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 6
     # Other settings do not reuse the state.
     other = FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3, control_weight=1.0)
-    finetune(
-        base,
-        None,
-        regressor,
-        table,
-        images,
-        other,
-        tmp_path / "work",
-        tmp_path / "ft3.pth",
-        record,
-        torch.device("cpu"),
-        progress=False,
-        directions=directions,
-    )
+    run(other, "ft3.pth")
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3]
 
 

@@ -104,6 +104,10 @@ _TABLE_STYLE = (
 )
 
 
+def _page(body: str) -> str:
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body>{body}</body></html>"
+
+
 def _cell(value) -> str:
     from html import escape
 
@@ -147,7 +151,7 @@ def metrics_table_html(data: dict, title: str, max_records: int = 60) -> str:
         parts.append(_rows_table(header, [[record.get(k, "") for k in header] for record in shown]))
         if len(records) > len(shown):
             parts.append(f"<p>... {len(records) - len(shown)} more rows in the JSON file.</p>")
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body>{''.join(parts)}</body></html>"
+    return _page("".join(parts))
 
 
 def control_table_html(control: dict) -> str:
@@ -164,7 +168,7 @@ def control_table_html(control: dict) -> str:
                 continue
             rows = [[prop] + [stats.get(c, "") for c in columns] for prop, stats in per_property.items()]
             parts.append(f"<p>measured by: {escape(measured_by)}</p>" + _rows_table(["property", *columns], rows))
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body>{''.join(parts)}</body></html>"
+    return _page("".join(parts))
 
 
 def animation_page_html(gif_path: str | Path, title: str) -> str:
@@ -173,8 +177,7 @@ def animation_page_html(gif_path: str | Path, title: str) -> str:
     from html import escape
 
     data = base64.b64encode(Path(gif_path).read_bytes()).decode("ascii")
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_TABLE_STYLE}</head><body><h2>{escape(title)}</h2>"
-        f"<img alt='{escape(title)}' style='image-rendering:pixelated;width:256px' "
-        f"src='data:image/gif;base64,{data}'></body></html>"
+    return _page(
+        f"<h2>{escape(title)}</h2><img alt='{escape(title)}' style='image-rendering:pixelated;width:256px' "
+        f"src='data:image/gif;base64,{data}'>"
     )

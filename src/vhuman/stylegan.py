@@ -200,11 +200,8 @@ class SynthesisLayer(nn.Module):
             if self.upsample:
                 x = self.blur(x)
         x = self.apply_noise(x, noise_mode)
-        if noise_mode == "none":
-            x = x + self.bias.view(1, -1, 1, 1).to(x.dtype)
-        else:
-            x = x.add_(self.bias.view(1, -1, 1, 1).to(x.dtype))  # x is addcmul's fresh result
-        x = F.leaky_relu(x, SLOPE, inplace=True)
+        # In place: x is always this layer's own fresh tensor (the repeated const, a conv, blur or addcmul result).
+        x = F.leaky_relu(x.add_(self.bias.view(1, -1, 1, 1).to(x.dtype)), SLOPE, inplace=True)
         return self.style.modulate_normalised(x, w)
 
 

@@ -12,6 +12,7 @@ from vhuman.io import vectors_column
 from vhuman.regressor import PropertyRegressor
 from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
 from vhuman.training import (
+    ClosedLoop,
     ConditionalGenerator,
     ConditionalMapping,
     FinetuneSettings,
@@ -98,9 +99,18 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     log = pd.read_csv(tmp_path / "work" / "log.csv")
     assert list(log["step"]) == [3] and {"control", "d_loss", "r_eyes", "female_rate"} <= set(log.columns)
     model = load_conditional_generator(tmp_path / "ft.pth")
+    z, c = torch.randn(2, 512), torch.rand(2, 7)
     with torch.no_grad():
-        img = model(torch.randn(2, 512), torch.rand(2, 7))
+        img = model(z, c)
     assert img.shape == (2, 3, 64, 64)
+    # The file carries its closed loop: the critic it was trained against and the configured number of steps.
+    assert model.closed_loop.steps == settings.closed_loop_steps == 2
+    for key, value in regressor.state_dict().items():
+        assert torch.equal(model.closed_loop.critic.state_dict()[key], value)
+    open_loop = load_conditional_generator(tmp_path / "ft.pth", closed_loop_steps=0)
+    with torch.no_grad():
+        assert torch.equal(open_loop.wp(z, c), truncate(open_loop.mapping(z, c), base.w_avg, base.num_layers))
+        assert not torch.allclose(open_loop.wp(z, c), model.wp(z, c))  # the loop moved w
     # Resume (as after a kill at step 3): the run continues from the saved state instead of starting over.
     assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 3
     longer = FinetuneSettings(steps=6, batch_size=8, checkpoint_every=3, log_every=3)
@@ -155,3 +165,51 @@ def test_evaluate_with_truth_runs(base, world):
     assert result["images"] == 7 * 3 * 3
     # The untrained model ignores its conditions: the requested values do not come out.
     assert result["truth"]["eyes"]["share_of_z_passing"] < 0.5
+
+
+class LinearCritic(torch.nn.Module):
+    """Reads the properties as an exact linear function of w, and p(female) as another: what the closed loop's
+    step assumes, so its steps must land on the requested values."""
+
+    width, input_size = 8, 64
+
+    def __init__(self, weights, bias):
+        super().__init__()
+        self.weights, self.bias = weights.float(), bias.float()
+
+    def forward(self, w):
+        reading = w @ self.weights.t() + self.bias
+        return reading[:, :7], torch.logit(reading[:, 7].clamp(1e-4, 1 - 1e-4))
+
+
+def test_closed_loop_lands_on_the_request_when_the_critic_is_linear(base, directions):
+    weights, bias = directions["weights"].float(), directions["bias"].float()
+    critic = LinearCritic(weights, bias)
+    fixed = torch.tensor([0.9])  # inside (0, 1), where the female reading is exact
+    z, c = torch.randn(5, 512), torch.rand(5, 7)
+    w0 = base.mapping(z)
+
+    def draw(w):  # the "image" of w is w itself, so that the critic can read it linearly
+        return w
+
+    # Two steps: the first may start from a female reading outside (0, 1), which the critic clamps.
+    loop = ClosedLoop(critic, weights, fixed, steps=2)
+    read, female_logit = critic(loop(w0, c, draw))
+    assert torch.allclose(read, c, atol=1e-3)
+    assert torch.allclose(torch.sigmoid(female_logit), fixed.expand(5), atol=1e-3)
+    assert not torch.allclose(critic(w0)[0], c, atol=0.1)  # it had somewhere to go
+    assert torch.equal(ClosedLoop(critic, weights, fixed, steps=0)(w0, c, draw), w0)
+    with pytest.raises(ValueError, match="direction rows"):
+        ClosedLoop(critic, weights[:5], fixed, steps=1)
+
+
+def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_baseline(base, directions):
+    weights, bias, fixed = directions["weights"], directions["bias"], directions["fixed_targets"]
+    loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=0)
+    plain = DirectionsController(base, weights, bias, fixed)
+    looped = DirectionsController(base, weights, bias, fixed, closed_loop=loop)
+    z, c = torch.randn(3, 512), torch.rand(3, 7)
+    with torch.no_grad():
+        assert torch.equal(plain(z, c), looped(z, c))
+        loop.steps = 1
+        assert not torch.equal(plain(z, c), looped(z, c))

@@ -88,7 +88,7 @@ def test_demo_dag_runs_end_to_end(tiny_run):
     props = pq.read_table(results / "properties.parquet").to_pandas()
     assert sorted(props["image_id"]) == masks and {"eyes", "eyes_valid", "eyes_z", "gender"} <= set(props.columns)
     control = json.loads((results / "evaluation/control.json").read_text())
-    assert {"finetuned", "directions"} <= set(control)
+    assert set(control) == {"finetuned", "directions", "finetuned_open_loop", "directions_closed_loop"}
     assert {"truth", "parser", "female_rate"} <= set(control["finetuned"])
     assert len(list((results / "evaluation/sweeps").glob("*.png"))) == 14
     assert {p.name for p in (results / "evaluation/animations").glob("*.gif")} == {"blink.gif", "talk.gif", "turn.gif"}
@@ -222,5 +222,27 @@ def test_controlled_generation_cli(tiny_run, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in out.glob("*.png")) == ["seed000000.png", "seed000001.png", "seed000002.png"]
+    # Open loop (no corrections through the image) draws other faces for the same request.
+    open_loop = tmp_path / "open_loop"
+    proc = subprocess.run(
+        [
+            cli,
+            "--seeds",
+            "0-2",
+            "--eyes",
+            "0.2",
+            "--face_pose",
+            "-0.5",
+            "--closed-loop-steps",
+            "0",
+            "--out",
+            str(open_loop),
+        ],
+        cwd=tiny_run,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (open_loop / "seed000000.png").read_bytes() != (out / "seed000000.png").read_bytes()
     bad = subprocess.run([cli, "--eyes", "1.5", "--out", str(out)], cwd=tiny_run, capture_output=True, text=True)
     assert bad.returncode != 0 and "eyes" in bad.stderr

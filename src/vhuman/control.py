@@ -18,24 +18,30 @@ from PIL import Image
 from tqdm import tqdm
 
 from vhuman.generate import latent_for_seed
-from vhuman.generators import SyntheticGenerator, truncate
+from vhuman.generators import SyntheticGenerator
 from vhuman.io import column_vectors, save_png, to_uint8
 from vhuman.properties import property_matrix
 from vhuman.report import image_grid
 from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
-from vhuman.training import RANGES, load_conditional_generator, move_to_linear_target
+from vhuman.training import (
+    RANGES,
+    ClosedLoop,
+    Controller,
+    load_conditional_generator,
+    move_to_linear_target,
+)
 
 # The seed project's last per-z cutoffs on Pearson r (eyes, mouth, pose); 0.88 for the others.
 CUTOFFS = {"eyes": 0.92, "mouth": 0.88, "face_pose": 0.88}
 
 
-class DirectionsController(torch.nn.Module):
+class DirectionsController(Controller):
     """Base generator + linear property directions in W (least squares on the property table).
 
     For a requested property vector c, w moves to the nearest point (in the least-norm sense) where the linear
     model reads exactly c: ``w' = w + A^T (A A^T)^-1 (c - (A w + b))``. Rows of A beyond the properties (the
     gender score) are set to their ``fixed_targets`` (female) in the same move, so that setting a property does
-    not change the gender on the way.
+    not change the gender on the way. With ``closed_loop`` the edit is then refined through the image.
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class DirectionsController(torch.nn.Module):
         weights: torch.Tensor,
         bias: torch.Tensor,
         fixed_targets: torch.Tensor | None = None,
+        closed_loop: ClosedLoop | None = None,
     ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
@@ -51,25 +58,13 @@ class DirectionsController(torch.nn.Module):
         self.register_buffer("bias", bias.float())
         self.register_buffer("fixed_targets", (torch.zeros(0) if fixed_targets is None else fixed_targets).float())
         self.register_buffer("gram_inv", torch.linalg.inv(self.weights @ self.weights.t()))
+        self.closed_loop = closed_loop
         self.z_dim, self.w_dim, self.num_layers = base.z_dim, base.w_dim, base.num_layers
         self.resolution, self.property_names = base.resolution, PROPERTY_NAMES
-
-    @property
-    def w_avg(self):
-        return self.base.w_avg
 
     def mapping(self, z, c):
         target = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
         return move_to_linear_target(self.base.mapping(z), self.weights, self.bias, self.gram_inv, target)
-
-    def wp(self, z, c, psi=1.0, layers=None):
-        return truncate(self.mapping(z, c), self.base.w_avg, self.num_layers, psi, layers)
-
-    def synthesis(self, wp):
-        return self.base.synthesis(wp)
-
-    def forward(self, z, c, psi=1.0):
-        return self.synthesis(self.wp(z, c, psi))
 
 
 def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
@@ -111,6 +106,12 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
         "fixed_targets": torch.tensor(fixed, dtype=torch.float64),
         "rows": rows,
     }
+
+
+def load_directions(path: str | Path, base: torch.nn.Module, closed_loop: ClosedLoop | None = None):
+    """The baseline from ``results/directions/directions.pth``, optionally refined in closed loop."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return DirectionsController(base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop).eval()
 
 
 def data_rows(properties: pd.DataFrame) -> np.ndarray:
@@ -284,6 +285,11 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0-7", help="z seeds: '0-7' or '1,5,9'")
     ap.add_argument("--out", default="results/controlled", help="output folder")
     ap.add_argument("--psi", type=float, default=1.0, help="truncation psi")
+    ap.add_argument(
+        "--closed-loop-steps",
+        type=int,
+        help="corrections through the image (default: the file's; 0 draws open loop, one synthesis per face)",
+    )
     for name in PROPERTY_NAMES:
         lo, hi = RANGES[name]
         ap.add_argument(f"--{name}", type=float, help=f"{name} in [{lo:g}, {hi:g}]")
@@ -294,7 +300,7 @@ def main(argv=None):
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
     values = {n: getattr(args, n) for n in PROPERTY_NAMES if getattr(args, n) is not None}
-    model = load_conditional_generator(args.checkpoint)
+    model = load_conditional_generator(args.checkpoint, args.closed_loop_steps)
     c = draw_conditions(values, data_rows(pd.read_parquet(args.properties)), len(seeds), seed=seeds[0])
     images = to_uint8(render(model, seeds, c, args.psi))
     out = Path(args.out)
@@ -306,8 +312,3 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-
-
-def load_directions(path: str | Path, base: torch.nn.Module) -> DirectionsController:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return DirectionsController(base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets")).eval()

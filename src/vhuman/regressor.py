@@ -40,7 +40,7 @@ class PropertyRegressor(nn.Module):
     def __init__(self, width: int = 16, input_size: int = 64):
         super().__init__()
         w = width
-        self.input_size = input_size
+        self.width, self.input_size = width, input_size
         self.features = nn.Sequential(
             Conv2dNormActivation(3, w, 3),
             Conv2dNormActivation(w, 2 * w, 3, stride=2),

@@ -60,6 +60,8 @@ class FinetuneSettings:
     checkpoint_every: int = 100
     log_every: int = 50
     seed: int = 0
+    # Closed-loop corrections when drawing (see ClosedLoop); 0 draws open loop. Not part of training.
+    closed_loop_steps: int = 2
 
 
 # ---- the conditional generator ----------------------------------------------------------------------------------
@@ -76,6 +78,68 @@ def move_to_linear_target(
     ``w + A^T (A A^T)^-1 (target - (A w + b))`` (the latent-directions edit)."""
     gap = target - (w @ weights.t() + bias)
     return w + (gap @ gram_inv) @ weights
+
+
+class ClosedLoop(nn.Module):
+    """Feedback through the image: draw, let the frozen critic read the properties off the picture, and move w
+    along the linear property directions by the gap between requested and read values; ``steps`` times.
+
+    The move is the latent-directions edit with the critic's reading in place of the linear model's, so w only
+    ever moves within the span of the directions: too few dimensions for the critic's blind spots to be found.
+    Rows of the directions after the properties (the female row) read the critic's p(female).
+    """
+
+    def __init__(self, critic: PropertyRegressor, weights: torch.Tensor, fixed_targets: torch.Tensor, steps: int):
+        super().__init__()
+        if len(weights) != len(PROPERTY_NAMES) + len(fixed_targets) or len(fixed_targets) > 1:
+            raise ValueError(
+                f"{len(weights)} direction rows with {len(fixed_targets)} fixed targets: expected one row per "
+                "property, optionally followed by the female row"
+            )
+        self.critic = critic.eval().requires_grad_(False)
+        self.register_buffer("weights", weights.float().clone())
+        self.register_buffer("gram_inv", torch.linalg.inv(self.weights @ self.weights.t()))
+        self.register_buffer("fixed_targets", fixed_targets.float().clone())
+        self.steps = int(steps)
+
+    def forward(self, w: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
+        """``draw(w)`` renders w; returns w after ``steps`` corrections."""
+        wanted = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
+        for _ in range(self.steps):
+            read, female_logit = self.critic(draw(w))
+            reading = torch.cat([read, torch.sigmoid(female_logit)[:, None]], dim=1)[:, : len(self.weights)]
+            w = w + ((wanted - reading) @ self.gram_inv) @ self.weights
+        return w
+
+    def record(self) -> dict:
+        """What a checkpoint needs to rebuild this loop (the directions are stored with the mapping)."""
+        return {
+            "steps": self.steps,
+            "critic": {"width": self.critic.width, "input_size": self.critic.input_size},
+            "critic_state_dict": self.critic.state_dict(),
+        }
+
+
+class Controller(nn.Module):
+    """Something that turns (z, property vector) into w and draws it with the frozen base synthesis, optionally
+    refined in closed loop. Subclasses set ``base`` and ``closed_loop`` (a ClosedLoop or None) and define
+    ``mapping(z, c)``."""
+
+    @property
+    def w_avg(self):
+        return self.base.w_avg
+
+    def wp(self, z, c, psi=1.0, layers=None):
+        w = self.mapping(z, c)
+        if self.closed_loop is not None and self.closed_loop.steps > 0:
+            w = self.closed_loop(w, c, lambda v: self.synthesis(truncate(v, self.w_avg, self.num_layers, psi, layers)))
+        return truncate(w, self.w_avg, self.num_layers, psi, layers)
+
+    def synthesis(self, wp):
+        return self.base.synthesis(wp)
+
+    def forward(self, z, c, psi=1.0):
+        return self.synthesis(self.wp(z, c, psi))
 
 
 class ConditionalMapping(nn.Module):
@@ -141,32 +205,26 @@ class ConditionalMapping(nn.Module):
         return move_to_linear_target(x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target)
 
 
-class ConditionalGenerator(nn.Module):
+class ConditionalGenerator(Controller):
     """z and the property vector in, image out; ``synthesis`` is the frozen base synthesis."""
 
-    def __init__(self, base: nn.Module, mapping: ConditionalMapping, property_names=PROPERTY_NAMES):
+    def __init__(
+        self,
+        base: nn.Module,
+        mapping: ConditionalMapping,
+        property_names=PROPERTY_NAMES,
+        closed_loop: ClosedLoop | None = None,
+    ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
         self.cond_mapping = mapping
+        self.closed_loop = closed_loop
         self.property_names = tuple(property_names)
         self.z_dim, self.w_dim = base.z_dim, base.w_dim
         self.num_layers, self.resolution = base.num_layers, base.resolution
 
-    @property
-    def w_avg(self):
-        return self.base.w_avg
-
     def mapping(self, z, c):
         return self.cond_mapping(z, c)
-
-    def wp(self, z, c, psi=1.0, layers=None):
-        return truncate(self.cond_mapping(z, c), self.base.w_avg, self.num_layers, psi, layers)
-
-    def synthesis(self, wp):
-        return self.base.synthesis(wp)
-
-    def forward(self, z, c, psi=1.0):
-        return self.synthesis(self.wp(z, c, psi))
 
     def conditions(self, values: dict[str, float | np.ndarray], fill: np.ndarray) -> torch.Tensor:
         """A [N, P] condition tensor: given values where named, ``fill`` (rows drawn from the data) elsewhere."""
@@ -236,9 +294,12 @@ class ConditionSampler:
         return new, k
 
 
+NOT_TRAINING = ("steps", "checkpoint_every", "log_every", "closed_loop_steps")
+
+
 def settings_hash(settings: FinetuneSettings, extra: dict) -> str:
     """Identifies a run; the step budget is left out so that a longer run continues a shorter one."""
-    fields = {k: v for k, v in asdict(settings).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    fields = {k: v for k, v in asdict(settings).items() if k not in NOT_TRAINING}
     return hashlib.sha256(json.dumps([fields, extra], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -454,6 +515,10 @@ def finetune(
         "discriminator": disc.state_dict(),
         **record,
     }
+    if directions is not None:
+        result["closed_loop"] = ClosedLoop(
+            regressor.cpu(), ema.direction_weights.cpu(), ema.direction_fixed_targets.cpu(), settings.closed_loop_steps
+        ).record()
     if isinstance(base, SyntheticGenerator):
         result["base"] = {"kind": "synthetic", "settings": base.settings(), "state_dict": base.state_dict()}
     else:
@@ -462,8 +527,10 @@ def finetune(
     return result
 
 
-def load_conditional_generator(path: str | Path) -> ConditionalGenerator:
-    """Open ``results/finetuned.pth``: the base generator and the conditional mapping, ready to sample."""
+def load_conditional_generator(path: str | Path, closed_loop_steps: int | None = None) -> ConditionalGenerator:
+    """Open ``results/finetuned.pth``: the base generator and the conditional mapping, ready to sample.
+
+    ``closed_loop_steps`` overrides the file's number of closed-loop corrections (0: open loop)."""
     ckpt = load_torch_file(path, what="fine-tuned generator")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise ValueError(f"{path}: not a fine-tuned conditional generator (run `snakemake results/finetuned.pth`)")
@@ -487,4 +554,21 @@ def load_conditional_generator(path: str | Path) -> ConditionalGenerator:
         }
     mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n), directions)
     mapping.load_state_dict(state, strict=True)
-    return ConditionalGenerator(base, mapping, ckpt["property_names"]).eval()
+    return ConditionalGenerator(
+        base, mapping, ckpt["property_names"], closed_loop_from(ckpt, mapping, closed_loop_steps)
+    ).eval()
+
+
+def closed_loop_from(ckpt: dict, mapping: ConditionalMapping, steps: int | None = None) -> ClosedLoop | None:
+    """The closed loop a fine-tuned checkpoint records (None for files without one); ``steps`` overrides its own."""
+    info = ckpt.get("closed_loop")
+    if info is None or mapping.direction_gate is None:
+        return None
+    critic = PropertyRegressor(info["critic"]["width"], info["critic"]["input_size"])
+    critic.load_state_dict(info["critic_state_dict"], strict=True)
+    return ClosedLoop(
+        critic,
+        mapping.direction_weights,
+        mapping.direction_fixed_targets,
+        info["steps"] if steps is None else steps,
+    )

@@ -16,7 +16,10 @@ with logging_to(snakemake.log[0]):
     settings = snakemake.params.settings
     rows = data_rows(pd.read_parquet(snakemake.input.properties))
     finetuned = load_conditional_generator(snakemake.input.finetuned).to(device)
+    open_loop = load_conditional_generator(snakemake.input.finetuned, closed_loop_steps=0).to(device)
     directions = load_directions(snakemake.input.directions, finetuned.base).to(device)
+    # The baseline with the fine-tune's own closed loop, so that the loop's share of the result shows.
+    directions_closed = load_directions(snakemake.input.directions, finetuned.base, finetuned.closed_loop).to(device)
     parser = Parser(snakemake.params.parser_kind, snakemake.input.parser, snakemake.params.mask_resolution, device)
     gender = load_ensemble(snakemake.input.gender_cnn)
 
@@ -28,7 +31,15 @@ with logging_to(snakemake.log[0]):
         return predict_images(gender, images, snakemake.params.gender_input_size)[:, 0] >= 0.5
 
     report = {}
-    for name, controller in (("finetuned", finetuned), ("directions", directions)):
+    controllers = {
+        "finetuned": finetuned,
+        "directions": directions,
+        "finetuned_open_loop": open_loop,
+        "directions_closed_loop": directions_closed,
+    }
+    for name, controller in controllers.items():
+        if name.endswith("_loop") and finetuned.closed_loop is None:
+            continue  # a file without a closed loop: the first two say it all
         report[name] = evaluate(
             controller,
             rows,

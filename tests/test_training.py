@@ -6,8 +6,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from vhuman.control import DirectionsController, control_metrics, draw_conditions, evaluate, fit_directions
-from vhuman.generators import SyntheticGenerator, truncate
+from vhuman.control import (
+    DirectionsController,
+    control_metrics,
+    direction_layers,
+    draw_conditions,
+    evaluate,
+    fit_directions,
+)
+from vhuman.generators import SYNTHETIC_LAYER_OF, SyntheticGenerator, truncate
 from vhuman.io import vectors_column
 from vhuman.regressor import PropertyRegressor
 from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
@@ -19,6 +26,11 @@ from vhuman.training import (
     finetune,
     load_conditional_generator,
 )
+
+# A layer mask for the eight direction rows that leaves layer 5 to no row.
+SOME_LAYERS = torch.zeros(8, 6)
+for _row, _layer in enumerate([2, 4, 1, 3, 0, 0, 0, 0]):
+    SOME_LAYERS[_row, _layer] = 1
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +72,11 @@ def test_fine_tuned_model_starts_exactly_as_the_base(base, world, directions, wi
     z = torch.randn(4, 512)
     c = torch.rand(4, 7)
     with torch.no_grad():
-        assert torch.allclose(model.mapping(z, c), base.mapping(z), atol=1e-5)
+        assert torch.allclose(model.mapping(z, c), base.mapping(z).unsqueeze(1).expand(-1, 6, -1), atol=1e-5)
         if with_directions:
             # Gates open: the mapping makes the baseline's edit, properties and the female row on target.
             mapping.direction_gate.fill_(1.0)
-            w = model.mapping(z, c)
+            w = model.mapping(z, c)[:, 0]  # every layer alike: this file's directions have no layer mask
             linear = w.double() @ directions["weights"].t() + directions["bias"]
             assert torch.allclose(linear[:, :7].float(), c, atol=1e-3)
             assert torch.allclose(linear[:, 7].float(), torch.ones(4), atol=1e-3)
@@ -117,6 +129,31 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     run(longer, "ft2.pth")
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3, 6]  # steps 1-3 were not redone
     assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 6
+    # A shorter budget than the saved state's cannot be rewound to: it starts over.
+    run(FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3), "ft_short.pth")
+    assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3]
+    assert torch.load(tmp_path / "work" / "state.pth", weights_only=True)["step"] == 3
+    # Directions on other layers do not reuse the state either.
+    moved = {**directions, "layer_mask": torch.ones(8, 6)}
+    moved["layer_mask"][0, 0] = 0
+    finetune(
+        base,
+        None,
+        regressor,
+        table,
+        images,
+        settings,
+        tmp_path / "work",
+        tmp_path / "ft4.pth",
+        record,
+        torch.device("cpu"),
+        progress=False,
+        directions=moved,
+    )
+    assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3]
+    assert torch.equal(
+        load_conditional_generator(tmp_path / "ft4.pth").cond_mapping.direction_layer_mask, moved["layer_mask"]
+    )
     # Other settings do not reuse the state.
     other = FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3, control_weight=1.0)
     run(other, "ft3.pth")
@@ -132,7 +169,7 @@ def test_directions_baseline_reaches_linear_targets(base, world):
     z = torch.randn(6, 512)
     c = draw_conditions({"eyes": 0.9}, table[list(PROPERTY_NAMES)].to_numpy(np.float32), 6, seed=0)
     with torch.no_grad():
-        w2 = ctrl.mapping(z, c)
+        w2 = ctrl.mapping(z, c)[:, 0]
     linear = w2.double() @ weights.t() + bias
     assert torch.allclose(linear.float(), c, atol=1e-3)
 
@@ -156,56 +193,69 @@ def test_control_metrics_on_perfect_and_useless_controllers():
     assert all(abs(useless[n]["pearson_r"]) < 0.3 for n in PROPERTY_NAMES)
 
 
-def test_evaluate_with_truth_runs(base, world):
+def test_evaluate_with_truth_runs(base, world, directions):
     table = world[0]
     mapping = ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7))
     model = ConditionalGenerator(base, mapping)
     rows = table[list(PROPERTY_NAMES)].to_numpy(np.float32)
     result = evaluate(model, rows, num_z=3, levels=3, seed=0, with_truth=True, progress=False)
     assert result["images"] == 7 * 3 * 3
-    # The untrained model ignores its conditions: the requested values do not come out.
+    # The untrained model ignores its conditions: the requested values do not come out, and nothing moves.
     assert result["truth"]["eyes"]["share_of_z_passing"] < 0.5
+    assert all(result["truth"][n]["unmeasured_attributes_movement"] < 1e-6 for n in PROPERTY_NAMES)
+    assert 0 < result["female_rate_truth"] < 1  # the base draws both genders
+    # An edit in w reaches the world's unmeasured attributes too (skin tone, hues, ...), and the metric sees it.
+    ctrl = DirectionsController(base, directions["weights"], directions["bias"], directions["fixed_targets"])
+    moved = evaluate(ctrl, rows, num_z=3, levels=3, seed=0, with_truth=True, progress=False)["truth"]
+    assert all(moved[n]["unmeasured_attributes_movement"] > 0.005 for n in PROPERTY_NAMES)
 
 
 class LinearCritic(torch.nn.Module):
-    """Reads the properties as an exact linear function of w, and p(female) as another: what the closed loop's
-    step assumes, so its steps must land on the requested values."""
+    """Reads each row as an exact linear function of the codes of its own layers (their mean), and p(female) as
+    another: what the closed loop's step assumes, so its steps must land on the requested values."""
 
     width, input_size = 8, 64
 
-    def __init__(self, weights, bias):
+    def __init__(self, weights, bias, layer_mask):
         super().__init__()
         self.weights, self.bias = weights.float(), bias.float()
+        self.share = layer_mask / layer_mask.sum(1, keepdim=True)
 
-    def forward(self, w):
-        reading = w @ self.weights.t() + self.bias
+    def forward(self, wp):
+        reading = torch.einsum("rl,nlw,rw->nr", self.share, wp, self.weights) + self.bias
         return reading[:, :7], torch.logit(reading[:, 7].clamp(1e-4, 1 - 1e-4))
 
 
-def test_closed_loop_lands_on_the_request_when_the_critic_is_linear(base, directions):
+@pytest.mark.parametrize("layers", ["all", "some"])
+def test_closed_loop_lands_on_the_request_when_the_critic_is_linear(base, directions, layers):
     weights, bias = directions["weights"].float(), directions["bias"].float()
-    critic = LinearCritic(weights, bias)
+    mask = torch.ones(8, 6) if layers == "all" else SOME_LAYERS
+    critic = LinearCritic(weights, bias, mask)
     fixed = torch.tensor([0.9])  # inside (0, 1), where the female reading is exact
     z, c = torch.randn(5, 512), torch.rand(5, 7)
-    w0 = base.mapping(z)
+    wp0 = base.mapping(z).unsqueeze(1).repeat(1, 6, 1)
 
-    def draw(w):  # the "image" of w is w itself, so that the critic can read it linearly
-        return w
+    def draw(wp):  # the "image" of wp is wp itself, so that the critic can read it linearly
+        return wp
 
     # Two steps: the first may start from a female reading outside (0, 1), which the critic clamps.
-    loop = ClosedLoop(critic, weights, fixed, steps=2)
-    read, female_logit = critic(loop(w0, c, draw))
+    loop = ClosedLoop(critic, weights, fixed, steps=2, layer_mask=mask)
+    wp = loop(wp0, c, draw)
+    read, female_logit = critic(wp)
     assert torch.allclose(read, c, atol=1e-3)
     assert torch.allclose(torch.sigmoid(female_logit), fixed.expand(5), atol=1e-3)
-    assert not torch.allclose(critic(w0)[0], c, atol=0.1)  # it had somewhere to go
-    assert torch.equal(ClosedLoop(critic, weights, fixed, steps=0)(w0, c, draw), w0)
+    assert not torch.allclose(critic(wp0)[0], c, atol=0.1)  # it had somewhere to go
+    if layers == "some":  # a layer no row acts through stays as it was
+        unused = mask.sum(0) == 0
+        assert torch.equal(wp[:, unused], wp0[:, unused])
+    assert torch.equal(ClosedLoop(critic, weights, fixed, steps=0, layer_mask=mask)(wp0, c, draw), wp0)
     with pytest.raises(ValueError, match="direction rows"):
-        ClosedLoop(critic, weights[:5], fixed, steps=1)
+        ClosedLoop(critic, weights[:5], fixed, steps=1, layer_mask=mask[:5])
 
 
 def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_baseline(base, directions):
     weights, bias, fixed = directions["weights"], directions["bias"], directions["fixed_targets"]
-    loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=0)
+    loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=0, num_layers=6)
     plain = DirectionsController(base, weights, bias, fixed)
     looped = DirectionsController(base, weights, bias, fixed, closed_loop=loop)
     z, c = torch.randn(3, 512), torch.rand(3, 7)
@@ -213,3 +263,27 @@ def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_base
         assert torch.equal(plain(z, c), looped(z, c))
         loop.steps = 1
         assert not torch.equal(plain(z, c), looped(z, c))
+
+
+def test_direction_layers_find_the_layer_each_property_lives_on(base, directions):
+    weights = directions["weights"].float()
+    columns = [PARAM_INDEX[n] for n in (*PROPERTY_NAMES, "gender")]
+
+    def read_truth(wp):  # the exact properties and p(female) of the drawn faces
+        return base.render_params(truncate(wp, base.w_avg, base.num_layers))[:, columns]
+
+    mask, effect = direction_layers(read_truth, base.mapping(torch.randn(32, 512)), weights, base.num_layers)
+    home = {name: layer for layer, names in SYNTHETIC_LAYER_OF.items() for name in names}
+    expected = torch.zeros(8, 6)
+    for row, name in enumerate((*PROPERTY_NAMES, "gender")):
+        expected[row, home[name]] = 1
+    expected[PROPERTY_NAMES.index("hair_length"), home["gender"]] = 1  # in this world, women's hair is longer
+    assert torch.equal(mask, expected), effect
+    # The baseline with that mask: asking for other eyes moves only the eyes' layer.
+    ctrl = DirectionsController(base, weights, directions["bias"], directions["fixed_targets"], layer_mask=mask)
+    z, c = torch.randn(4, 512), torch.rand(4, 7)
+    other = c.clone()
+    other[:, 0] = 1 - c[:, 0]
+    with torch.no_grad():
+        moved = (ctrl.mapping(z, other) - ctrl.mapping(z, c)).abs().amax(dim=(0, 2))
+    assert moved[home["eyes"]] > 0.1 and torch.all(moved[torch.arange(6) != home["eyes"]] < 1e-5)

@@ -89,7 +89,9 @@ def test_demo_dag_runs_end_to_end(tiny_run):
     assert sorted(props["image_id"]) == masks and {"eyes", "eyes_valid", "eyes_z", "gender"} <= set(props.columns)
     control = json.loads((results / "evaluation/control.json").read_text())
     assert set(control) == {"finetuned", "directions", "finetuned_open_loop", "directions_closed_loop"}
-    assert {"truth", "parser", "female_rate"} <= set(control["finetuned"])
+    layers = json.loads((results / "directions/layers.json").read_text())
+    assert len(layers["layers_used"]) == 8 and all(layers["layers_used"])  # every direction acts somewhere
+    assert {"truth", "parser", "female_rate", "female_rate_truth"} <= set(control["finetuned"])
     assert len(list((results / "evaluation/sweeps").glob("*.png"))) == 14
     assert {p.name for p in (results / "evaluation/animations").glob("*.gif")} == {"blink.gif", "talk.gif", "turn.gif"}
     assert (results / "finetuned.pth").stat().st_size > 0
@@ -150,6 +152,7 @@ REPORT_SECTIONS = {
     },
     "5. Control": {
         "results/report/control.html": "table",
+        "results/report/direction_layers.html": "table",
         "results/evaluation/sweeps/finetuned_eyes.png": "image",
         "results/evaluation/sweeps/directions_face_pose.png": "image",
         "results/evaluation/animations/blink.html": "gif",

@@ -22,17 +22,21 @@ from vhuman.generators import SyntheticGenerator
 from vhuman.io import column_vectors, save_png, to_uint8
 from vhuman.properties import property_matrix
 from vhuman.report import image_grid
-from vhuman.synthetic import PARAM_INDEX, PROPERTY_NAMES
+from vhuman.synthetic import NUISANCE_NAMES, PARAM_INDEX, PROPERTY_NAMES
 from vhuman.training import (
     RANGES,
     ClosedLoop,
     Controller,
+    layer_mask_or_ones,
+    layer_step,
     load_conditional_generator,
+    masked_gram_inv,
     move_to_linear_target,
 )
 
 # The seed project's last per-z cutoffs on Pearson r (eyes, mouth, pose); 0.88 for the others.
 CUTOFFS = {"eyes": 0.92, "mouth": 0.88, "face_pose": 0.88}
+PROPERTY_COLUMNS = [PARAM_INDEX[n] for n in PROPERTY_NAMES]
 
 
 class DirectionsController(Controller):
@@ -51,20 +55,24 @@ class DirectionsController(Controller):
         bias: torch.Tensor,
         fixed_targets: torch.Tensor | None = None,
         closed_loop: ClosedLoop | None = None,
+        layer_mask: torch.Tensor | None = None,
     ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
         self.register_buffer("weights", weights.float())  # [P + H, w_dim]
+        self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), base.num_layers))
         self.register_buffer("bias", bias.float())
         self.register_buffer("fixed_targets", (torch.zeros(0) if fixed_targets is None else fixed_targets).float())
-        self.register_buffer("gram_inv", torch.linalg.inv(self.weights @ self.weights.t()))
+        self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
         self.closed_loop = closed_loop
         self.z_dim, self.w_dim, self.num_layers = base.z_dim, base.w_dim, base.num_layers
         self.resolution, self.property_names = base.resolution, PROPERTY_NAMES
 
     def mapping(self, z, c):
         target = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
-        return move_to_linear_target(self.base.mapping(z), self.weights, self.bias, self.gram_inv, target)
+        return move_to_linear_target(
+            self.base.mapping(z), self.weights, self.bias, self.gram_inv, target, self.layer_mask
+        )
 
 
 def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
@@ -108,10 +116,45 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
     }
 
 
+def direction_layers(
+    read,
+    w: torch.Tensor,
+    weights: torch.Tensor,
+    num_layers: int,
+    size: float = 0.25,
+    keep: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which layers each direction acts through: a mask [R, L] and the measured effects [R, L].
+
+    For each row r of ``weights`` and each layer, the move along row r that shifts its linear reading by ±``size``
+    is applied at that layer alone to the codes ``w`` [N, w_dim], and ``read(wp)`` [N, R] reads the result; the
+    effect is how far row r's reading moves per unit of the edit. A layer is kept for a row when its effect is at
+    least ``keep`` of that row's largest; an edit elsewhere would only move what the row does not measure (in
+    StyleGAN, colour lives in the fine layers and pose in the coarse ones).
+    """
+    rows = len(weights)
+    effect = torch.zeros(rows, num_layers)
+    for r in range(rows):
+        coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
+        coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
+        for layer in range(num_layers):
+            only = torch.zeros(rows, num_layers, device=w.device)
+            only[r, layer] = 1
+            step = layer_step(coef, weights, only)
+            with torch.inference_mode():
+                gain = read(w.unsqueeze(1) + step)[:, r] - read(w.unsqueeze(1) - step)[:, r]
+            effect[r, layer] = (gain.mean() / (2 * size)).abs().cpu()
+    mask = (effect >= keep * effect.amax(dim=1, keepdim=True)) & (effect > 0)
+    mask[~mask.any(dim=1)] = True  # a row the reader cannot see at all keeps every layer
+    return mask.float(), effect
+
+
 def load_directions(path: str | Path, base: torch.nn.Module, closed_loop: ClosedLoop | None = None):
     """The baseline from ``results/directions/directions.pth``, optionally refined in closed loop."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return DirectionsController(base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop).eval()
+    return DirectionsController(
+        base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop, ckpt.get("layer_mask")
+    ).eval()
 
 
 def data_rows(properties: pd.DataFrame) -> np.ndarray:
@@ -185,13 +228,23 @@ ANIMATIONS = {
 
 
 def truth_of(controller, z: torch.Tensor, c: torch.Tensor, psi: float = 1.0) -> np.ndarray:
-    """Synthetic world: the exact properties of what the controller drew."""
+    """Synthetic world: the exact render parameters of what the controller drew, [N, len(PARAM_NAMES)]."""
     base = controller.base
     if not isinstance(base, SyntheticGenerator):
         raise TypeError("exact truth exists only for the synthetic world")
     with torch.inference_mode():
-        params = base.render_params(controller.wp(z, c, psi))
-    return params[:, [PARAM_INDEX[n] for n in PROPERTY_NAMES]].cpu().numpy()
+        return base.render_params(controller.wp(z, c, psi)).cpu().numpy()
+
+
+def nuisance_movement(params: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict[str, float]:
+    """Synthetic world: per swept property, how much the world's unmeasured attributes (skin tone, hair hue,
+    background hue, ...; all in 0..1) move across its levels: the mean over z and attributes of their std."""
+    nuisance = params[:, [PARAM_INDEX[n] for n in NUISANCE_NAMES]]
+    out = {}
+    for k, name in enumerate(PROPERTY_NAMES):
+        per_z = [nuisance[(swept == k) & (z_index == zi)].std(axis=0).mean() for zi in np.unique(z_index[swept == k])]
+        out[name] = float(np.mean(per_z))
+    return out
 
 
 def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict:
@@ -266,7 +319,11 @@ def evaluate(
             female.append(female_rate(images))
     result = {"num_z": num_z, "levels": levels, "images": len(requested)}
     if with_truth:
-        result["truth"] = control_metrics(requested, np.concatenate(truth), swept, z_index)
+        params = np.concatenate(truth)
+        result["truth"] = control_metrics(requested, params[:, PROPERTY_COLUMNS], swept, z_index)
+        for name, value in nuisance_movement(params, swept, z_index).items():
+            result["truth"][name]["unmeasured_attributes_movement"] = value
+        result["female_rate_truth"] = float(np.mean(params[:, PARAM_INDEX["gender"]] > 0.5))
     if parsed:
         result["parser"] = control_metrics(requested, np.concatenate(parsed), swept, z_index)
     if female:

@@ -166,8 +166,10 @@ def control_table_html(control: dict) -> str:
         for measured_by, per_property in result.items():
             if not isinstance(per_property, dict):
                 continue
-            rows = [[prop] + [stats.get(c, "") for c in columns] for prop, stats in per_property.items()]
-            parts.append(f"<p>measured by: {escape(measured_by)}</p>" + _rows_table(["property", *columns], rows))
+            # Metrics only some measurements have (the truth's unmeasured attributes) go after the common ones.
+            shown = columns + [k for k in next(iter(per_property.values()), {}) if k not in columns]
+            rows = [[prop] + [stats.get(c, "") for c in shown] for prop, stats in per_property.items()]
+            parts.append(f"<p>measured by: {escape(measured_by)}</p>" + _rows_table(["property", *shown], rows))
     return _page("".join(parts))
 
 

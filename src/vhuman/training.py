@@ -72,12 +72,39 @@ def _pixel_norm(z):
 
 
 def move_to_linear_target(
-    w: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, gram_inv: torch.Tensor, target: torch.Tensor
+    w: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    gram_inv: torch.Tensor,
+    target: torch.Tensor,
+    layer_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """The least-norm move of w after which the linear property model ``weights @ w + bias`` reads ``target``:
-    ``w + A^T (A A^T)^-1 (target - (A w + b))`` (the latent-directions edit)."""
+    """The latent-directions edit, per layer: the least-norm move of w after which the linear property model
+    ``weights @ w + bias`` reads ``target``, ``A^T (A A^T)^-1 (target - (A w + b))``, made up of one share per
+    row of A, and each row's share applied only on the layers where ``layer_mask`` has it. Returns wp [N, L, w]."""
     gap = target - (w @ weights.t() + bias)
-    return w + (gap @ gram_inv) @ weights
+    return w.unsqueeze(1) + layer_step(gap @ gram_inv, weights, layer_mask)
+
+
+def layer_step(coef: torch.Tensor, weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Tensor:
+    """The per-layer move [N, L, w_dim]: row r of ``weights`` scaled by ``coef[:, r]`` on the layers where
+    ``layer_mask[r]`` is 1. With a mask of ones it is the same move of w on every layer."""
+    return torch.einsum("nr,rl,rw->nlw", coef, layer_mask.to(coef.dtype), weights)
+
+
+def masked_gram_inv(weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Tensor:
+    """(A A^T ⊙ overlap)^-1, overlap[r, s] = shared layers of rows r and s / layers of row r: the least-norm
+    per-layer move that sets each row's linear reading (its direction's mean over its own layers) to a target.
+    With every row on every layer it is (A A^T)^-1; rows on disjoint layers do not mix."""
+    mask = layer_mask.to(weights.dtype)
+    overlap = (mask @ mask.t()) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.linalg.inv((weights @ weights.t()) * overlap)
+
+
+def critic_reading(critic: PropertyRegressor, images: torch.Tensor, rows: int) -> torch.Tensor:
+    """What the critic reads for the first ``rows`` direction rows: the properties, then p(female)."""
+    read, female_logit = critic(images)
+    return torch.cat([read, torch.sigmoid(female_logit)[:, None]], dim=1)[:, :rows]
 
 
 class ClosedLoop(nn.Module):
@@ -89,7 +116,15 @@ class ClosedLoop(nn.Module):
     Rows of the directions after the properties (the female row) read the critic's p(female).
     """
 
-    def __init__(self, critic: PropertyRegressor, weights: torch.Tensor, fixed_targets: torch.Tensor, steps: int):
+    def __init__(
+        self,
+        critic: PropertyRegressor,
+        weights: torch.Tensor,
+        fixed_targets: torch.Tensor,
+        steps: int,
+        layer_mask: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ):
         super().__init__()
         if len(weights) != len(PROPERTY_NAMES) + len(fixed_targets) or len(fixed_targets) > 1:
             raise ValueError(
@@ -98,18 +133,18 @@ class ClosedLoop(nn.Module):
             )
         self.critic = critic.eval().requires_grad_(False)
         self.register_buffer("weights", weights.float().clone())
-        self.register_buffer("gram_inv", torch.linalg.inv(self.weights @ self.weights.t()))
         self.register_buffer("fixed_targets", fixed_targets.float().clone())
+        self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), num_layers))
+        self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
         self.steps = int(steps)
 
-    def forward(self, w: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
-        """``draw(w)`` renders w; returns w after ``steps`` corrections."""
+    def forward(self, wp: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
+        """``draw(wp)`` renders wp [N, L, w_dim]; returns wp after ``steps`` corrections."""
         wanted = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
         for _ in range(self.steps):
-            read, female_logit = self.critic(draw(w))
-            reading = torch.cat([read, torch.sigmoid(female_logit)[:, None]], dim=1)[:, : len(self.weights)]
-            w = w + ((wanted - reading) @ self.gram_inv) @ self.weights
-        return w
+            gap = wanted - critic_reading(self.critic, draw(wp), len(self.weights))
+            wp = wp + layer_step(gap @ self.gram_inv, self.weights, self.layer_mask)
+        return wp
 
     def record(self) -> dict:
         """What a checkpoint needs to rebuild this loop (the directions are stored with the mapping)."""
@@ -118,6 +153,14 @@ class ClosedLoop(nn.Module):
             "critic": {"width": self.critic.width, "input_size": self.critic.input_size},
             "critic_state_dict": self.critic.state_dict(),
         }
+
+
+def layer_mask_or_ones(mask: torch.Tensor | None, rows: int, num_layers: int | None) -> torch.Tensor:
+    if mask is None:
+        if num_layers is None:
+            raise ValueError("give a layer mask or the number of layers")
+        return torch.ones(rows, num_layers)
+    return mask.float().clone()
 
 
 class Controller(nn.Module):
@@ -130,10 +173,12 @@ class Controller(nn.Module):
         return self.base.w_avg
 
     def wp(self, z, c, psi=1.0, layers=None):
-        w = self.mapping(z, c)
+        wp = self.mapping(z, c)
         if self.closed_loop is not None and self.closed_loop.steps > 0:
-            w = self.closed_loop(w, c, lambda v: self.synthesis(truncate(v, self.w_avg, self.num_layers, psi, layers)))
-        return truncate(w, self.w_avg, self.num_layers, psi, layers)
+            wp = self.closed_loop(
+                wp, c, lambda v: self.synthesis(truncate(v, self.w_avg, self.num_layers, psi, layers))
+            )
+        return truncate(wp, self.w_avg, self.num_layers, psi, layers)
 
     def synthesis(self, wp):
         return self.base.synthesis(wp)
@@ -179,12 +224,16 @@ class ConditionalMapping(nn.Module):
             self.register_buffer("direction_weights", weights)
             self.register_buffer("direction_bias", bias)
             self.register_buffer("direction_fixed_targets", torch.zeros(0) if fixed is None else fixed.float().clone())
-            self.register_buffer("direction_gram_inv", torch.linalg.inv(weights @ weights.t()))
+            mask = layer_mask_or_ones(directions.get("layer_mask"), len(weights), base.num_layers)
+            self.register_buffer("direction_layer_mask", mask)
+            self.register_buffer("direction_gram_inv", masked_gram_inv(weights, mask))
             self.direction_gate = nn.Parameter(torch.zeros(len(weights)))
         else:
             self.direction_gate = None
+        self.num_layers = base.num_layers
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """wp [N, L, w_dim], before truncation."""
         extra = ((c - self.mean) / self.std) @ self.condition_weight.t()
         x = _pixel_norm(z)
         if self.kind == "synthetic":
@@ -197,12 +246,14 @@ class ConditionalMapping(nn.Module):
             for i in range(1, self.layers.num_layers):
                 x = getattr(self.layers, f"dense{i}")(x)
         if self.direction_gate is None:
-            return x
+            return x.unsqueeze(1).repeat(1, self.num_layers, 1)
         # The gate blends, per property, the linear model's current reading with the requested value.
         current = x @ self.direction_weights.t() + self.direction_bias
         wanted = torch.cat([c, self.direction_fixed_targets.expand(len(c), -1)], dim=1)
         target = current + self.direction_gate * (wanted - current)
-        return move_to_linear_target(x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target)
+        return move_to_linear_target(
+            x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target, self.direction_layer_mask
+        )
 
 
 class ConditionalGenerator(Controller):
@@ -294,6 +345,15 @@ class ConditionSampler:
         return new, k
 
 
+def directions_fingerprint(directions: dict) -> str:
+    """What of the directions file shapes the trained model: the rows, their targets and their layers."""
+    digest = hashlib.sha256()
+    for key in ("weights", "bias", "fixed_targets", "layer_mask"):
+        value = directions.get(key)
+        digest.update(key.encode() + (b"-" if value is None else torch.as_tensor(value).cpu().numpy().tobytes()))
+    return digest.hexdigest()
+
+
 NOT_TRAINING = ("steps", "checkpoint_every", "log_every", "closed_loop_steps")
 
 
@@ -383,15 +443,15 @@ def finetune(
         {
             "base": record.get("base_sha256"),
             "n": len(real_c),
-            "directions": None
-            if directions is None
-            else hashlib.sha256(directions["weights"].numpy().tobytes()).hexdigest(),
+            "directions": None if directions is None else directions_fingerprint(directions),
         },
     )
     start = 0
     if state_path.exists():
         state = load_torch_file(state_path, what="fine-tune state")
-        if state.get("fingerprint") == fingerprint:
+        if state.get("fingerprint") == fingerprint and state["step"] > settings.steps:
+            tqdm.write(f"{state_path} is at step {state['step']}, past this run's {settings.steps}; starting over")
+        elif state.get("fingerprint") == fingerprint:
             mapping.load_state_dict(state["mapping"])
             ema.load_state_dict(state["ema"])
             disc.load_state_dict(state["discriminator"])
@@ -517,7 +577,11 @@ def finetune(
     }
     if directions is not None:
         result["closed_loop"] = ClosedLoop(
-            regressor.cpu(), ema.direction_weights.cpu(), ema.direction_fixed_targets.cpu(), settings.closed_loop_steps
+            regressor.cpu(),
+            ema.direction_weights.cpu(),
+            ema.direction_fixed_targets.cpu(),
+            settings.closed_loop_steps,
+            ema.direction_layer_mask.cpu(),
         ).record()
     if isinstance(base, SyntheticGenerator):
         result["base"] = {"kind": "synthetic", "settings": base.settings(), "state_dict": base.state_dict()}
@@ -552,6 +616,8 @@ def load_conditional_generator(path: str | Path, closed_loop_steps: int | None =
             "bias": torch.zeros(k),
             "fixed_targets": torch.zeros(len(state["direction_fixed_targets"])),
         }
+        # Files from before per-layer edits moved every layer alike.
+        state.setdefault("direction_layer_mask", torch.ones(k, base.num_layers))
     mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n), directions)
     mapping.load_state_dict(state, strict=True)
     return ConditionalGenerator(
@@ -571,4 +637,5 @@ def closed_loop_from(ckpt: dict, mapping: ConditionalMapping, steps: int | None 
         mapping.direction_weights,
         mapping.direction_fixed_targets,
         info["steps"] if steps is None else steps,
+        mapping.direction_layer_mask,
     )

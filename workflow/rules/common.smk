@@ -59,6 +59,7 @@ REPORT_TABLES = {
     "gender_metrics": ("results/gender/metrics.json", "gender_metrics.rst", "2. Gender labels"),
     "female_subset": ("results/subset/summary.json", "female_subset.rst", "2. Gender labels"),
     "control": ("results/evaluation/control.json", "control.rst", "5. Control"),
+    "direction_layers": ("results/directions/layers.json", "direction_layers.rst", "5. Control"),
 }
 if SYNTHETIC:
     REPORT_TABLES.update(

@@ -7,10 +7,17 @@ rule latent_directions:
         latents="results/generated/latents.parquet",
         properties="results/properties.parquet",
         labels="results/gender/labels.parquet",
+        regressor="results/models/property_regressor.pth",
     output:
-        "results/directions/directions.pth",
+        directions="results/directions/directions.pth",
+        layers="results/directions/layers.json",
     params:
         kind=config["generator"]["kind"],
+        device=config["device"],
+        layer_probe_images=config["directions"]["layer_probe_images"],
+    threads: 2
+    resources:
+        gpu=1,
     log:
         "logs/latent_directions.log",
     script:

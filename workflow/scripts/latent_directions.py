@@ -1,16 +1,45 @@
 import pandas as pd
 import pyarrow.parquet as pq
+import torch
 
-from vhuman.control import fit_directions
-from vhuman.io import logging_to, save_torch_atomic
+from vhuman.control import direction_layers, fit_directions
+from vhuman.generate import pick_device
+from vhuman.generators import load_generator, truncate
+from vhuman.io import column_vectors, logging_to, save_torch_atomic, write_json
+from vhuman.regressor import load_regressor
+from vhuman.synthetic import PROPERTY_NAMES
+from vhuman.training import critic_reading
 
 with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    device = pick_device(snakemake.params.device)
+    latents = pq.read_table(snakemake.input.latents)
     directions = fit_directions(
-        pq.read_table(snakemake.input.latents),
-        pd.read_parquet(snakemake.input.properties),
-        pd.read_parquet(snakemake.input.labels),
+        latents, pd.read_parquet(snakemake.input.properties), pd.read_parquet(snakemake.input.labels)
     )
+    base = load_generator(snakemake.input.generator, kind=snakemake.params.kind).to(device)
+    critic = load_regressor(snakemake.input.regressor).to(device)
+    rows = len(directions["weights"])
+
+    def read(wp):
+        return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), rows)
+
+    # Which layers each direction acts through, seen by the critic on the first images' codes.
+    probe = torch.from_numpy(column_vectors(latents, "w")[: snakemake.params.layer_probe_images]).float().to(device)
+    mask, effect = direction_layers(read, probe, directions["weights"].float().to(device), base.num_layers)
+    # The female row keeps every layer: a female look is hair, lips and brows as much as the face's shape, and the
+    # critic's p(female), already near 1, shows too little of that to the probe.
+    mask[len(PROPERTY_NAMES) :] = 1
+    directions["layer_mask"] = mask
     save_torch_atomic(
         {**directions, "base_checkpoint": snakemake.input.generator, "base_kind": snakemake.params.kind},
-        snakemake.output[0],
+        snakemake.output.directions,
+    )
+    write_json(
+        {
+            "rows": directions["rows"],
+            "effect_per_layer": effect.tolist(),
+            "layers_used": [[i for i, on in enumerate(row) if on] for row in mask.tolist()],
+        },
+        snakemake.output.layers,
     )

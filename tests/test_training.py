@@ -91,7 +91,7 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     settings = FinetuneSettings(steps=3, batch_size=8, checkpoint_every=3, log_every=3)
     record = {"base_sha256": "x"}
 
-    def run(run_settings, out_name):
+    def run(run_settings, out_name, run_directions=directions):
         finetune(
             base,
             None,
@@ -104,7 +104,7 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
             record,
             torch.device("cpu"),
             progress=False,
-            directions=directions,
+            directions=run_directions,
         )
 
     run(settings, "ft.pth")
@@ -136,20 +136,7 @@ def test_finetune_learns_control_and_resumes(base, world, directions, tmp_path):
     # Directions on other layers do not reuse the state either.
     moved = {**directions, "layer_mask": torch.ones(8, 6)}
     moved["layer_mask"][0, 0] = 0
-    finetune(
-        base,
-        None,
-        regressor,
-        table,
-        images,
-        settings,
-        tmp_path / "work",
-        tmp_path / "ft4.pth",
-        record,
-        torch.device("cpu"),
-        progress=False,
-        directions=moved,
-    )
+    run(settings, "ft4.pth", moved)
     assert list(pd.read_csv(tmp_path / "work" / "log.csv")["step"]) == [3]
     assert torch.equal(
         load_conditional_generator(tmp_path / "ft4.pth").cond_mapping.direction_layer_mask, moved["layer_mask"]

@@ -79,9 +79,10 @@ def move_to_linear_target(
     target: torch.Tensor,
     layer_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """The latent-directions edit, per layer: the least-norm move of w after which the linear property model
-    ``weights @ w + bias`` reads ``target``, ``A^T (A A^T)^-1 (target - (A w + b))``, made up of one share per
-    row of A, and each row's share applied only on the layers where ``layer_mask`` has it. Returns wp [N, L, w]."""
+    """The latent-directions edit, per layer: the least-norm move after which the linear property model
+    ``weights @ w + bias`` reads ``target`` on each row's own layers; with every row on every layer it is
+    ``A^T (A A^T)^-1 (target - (A w + b))`` on w. ``gram_inv`` comes from ``masked_gram_inv(weights, layer_mask)``.
+    Returns wp [N, L, w_dim]."""
     gap = target - (w @ weights.t() + bias)
     return w.unsqueeze(1) + layer_step(gap @ gram_inv, weights, layer_mask)
 
@@ -108,11 +109,12 @@ def critic_reading(critic: PropertyRegressor, images: torch.Tensor, rows: int) -
 
 
 class ClosedLoop(nn.Module):
-    """Feedback through the image: draw, let the frozen critic read the properties off the picture, and move w
-    along the linear property directions by the gap between requested and read values; ``steps`` times.
+    """Feedback through the image: draw, let the frozen critic read the properties off the picture, and move the
+    codes along the linear property directions (each on its own layers) by the gap between requested and read
+    values; ``steps`` times.
 
-    The move is the latent-directions edit with the critic's reading in place of the linear model's, so w only
-    ever moves within the span of the directions: too few dimensions for the critic's blind spots to be found.
+    The move is the latent-directions edit with the critic's reading in place of the linear model's, so the codes
+    only ever move within the span of the directions: too few dimensions for the critic's blind spots to be found.
     Rows of the directions after the properties (the female row) read the critic's p(female).
     """
 
@@ -156,6 +158,8 @@ class ClosedLoop(nn.Module):
 
 
 def layer_mask_or_ones(mask: torch.Tensor | None, rows: int, num_layers: int | None) -> torch.Tensor:
+    """A copy of ``mask`` [rows, L]; without one, every row on every layer (directions files from before the
+    per-layer search)."""
     if mask is None:
         if num_layers is None:
             raise ValueError("give a layer mask or the number of layers")
@@ -164,9 +168,9 @@ def layer_mask_or_ones(mask: torch.Tensor | None, rows: int, num_layers: int | N
 
 
 class Controller(nn.Module):
-    """Something that turns (z, property vector) into w and draws it with the frozen base synthesis, optionally
-    refined in closed loop. Subclasses set ``base`` and ``closed_loop`` (a ClosedLoop or None) and define
-    ``mapping(z, c)``."""
+    """Something that turns (z, property vector) into per-layer codes and draws them with the frozen base
+    synthesis, optionally refined in closed loop. Subclasses set ``base``, ``num_layers`` and ``closed_loop`` (a
+    ClosedLoop or None) and define ``mapping(z, c)`` -> wp [N, L, w_dim] before truncation."""
 
     @property
     def w_avg(self):

@@ -45,7 +45,8 @@ class DirectionsController(Controller):
     For a requested property vector c, w moves to the nearest point (in the least-norm sense) where the linear
     model reads exactly c: ``w' = w + A^T (A A^T)^-1 (c - (A w + b))``. Rows of A beyond the properties (the
     gender score) are set to their ``fixed_targets`` (female) in the same move, so that setting a property does
-    not change the gender on the way. With ``closed_loop`` the edit is then refined through the image.
+    not change the gender on the way. With a ``layer_mask`` (``direction_layers``) each direction moves only the
+    layers it acts through. With ``closed_loop`` the edit is then refined through the image.
     """
 
     def __init__(

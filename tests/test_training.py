@@ -23,6 +23,7 @@ from vhuman.training import (
     ConditionalGenerator,
     ConditionalMapping,
     FinetuneSettings,
+    critic_reading,
     finetune,
     load_conditional_generator,
 )
@@ -274,3 +275,34 @@ def test_direction_layers_find_the_layer_each_property_lives_on(base, directions
     with torch.no_grad():
         moved = (ctrl.mapping(z, other) - ctrl.mapping(z, c)).abs().amax(dim=(0, 2))
     assert moved[home["eyes"]] > 0.1 and torch.all(moved[torch.arange(6) != home["eyes"]] < 1e-5)
+
+
+def test_stylegan_base_takes_per_layer_edits_and_the_closed_loop():
+    """The real-weights path on a small random StyleGAN: starts as the base, per-layer edits reach only their
+    layers, and the closed loop and the layer search run through its synthesis."""
+    from vhuman.stylegan import StyleGANGenerator
+
+    torch.manual_seed(0)
+    gen = StyleGANGenerator(32, fmaps_base=256, fmaps_max=32).eval()
+    layers = gen.num_layers
+    weights = torch.randn(8, 512) / 512**0.5
+    mask = torch.zeros(8, layers)
+    mask[torch.arange(8), torch.arange(8) % 4] = 1  # the fine layers (4 and up) get no direction
+    directions = {"weights": weights, "bias": torch.zeros(8), "fixed_targets": torch.ones(1), "layer_mask": mask}
+    mapping = ConditionalMapping(gen, 7, torch.zeros(7), torch.ones(7), directions)
+    critic = PropertyRegressor(width=8, input_size=32)
+    loop = ClosedLoop(critic, weights, torch.ones(1), steps=1, layer_mask=mask)
+    model = ConditionalGenerator(gen, mapping, closed_loop=loop)
+    z, c = torch.randn(2, 512), torch.rand(2, 7)
+    with torch.no_grad():
+        assert torch.allclose(mapping(z, c), gen.mapping(z).unsqueeze(1).expand(-1, layers, -1), atol=1e-5)
+        mapping.direction_gate.fill_(1.0)
+        moved = (mapping(z, c) - gen.mapping(z).unsqueeze(1)).abs().amax(dim=(0, 2))
+        assert torch.all(moved[4:] < 1e-5) and torch.all(moved[:4] > 0)
+        assert model(z, c).shape == (2, 3, 32, 32)
+
+    def read(wp):
+        return critic_reading(critic, gen.synthesis(truncate(wp, gen.w_avg, layers)), 8)
+
+    found, effect = direction_layers(read, gen.mapping(z).detach(), weights, layers)
+    assert found.shape == effect.shape == (8, layers) and torch.all(found.sum(1) >= 1)

@@ -10,6 +10,7 @@ from vhuman.control import (
     DirectionsController,
     control_metrics,
     direction_layers,
+    directions_layer_mask,
     draw_conditions,
     evaluate,
     fit_directions,
@@ -23,7 +24,6 @@ from vhuman.training import (
     ConditionalGenerator,
     ConditionalMapping,
     FinetuneSettings,
-    critic_reading,
     finetune,
     load_conditional_generator,
 )
@@ -301,8 +301,6 @@ def test_stylegan_base_takes_per_layer_edits_and_the_closed_loop():
         assert torch.all(moved[4:] < 1e-5) and torch.all(moved[:4] > 0)
         assert model(z, c).shape == (2, 3, 32, 32)
 
-    def read(wp):
-        return critic_reading(critic, gen.synthesis(truncate(wp, gen.w_avg, layers)), 8)
-
-    found, effect = direction_layers(read, gen.mapping(z).detach(), weights, layers)
+    found, effect = directions_layer_mask(gen, critic, weights, gen.mapping(z).detach())
     assert found.shape == effect.shape == (8, layers) and torch.all(found.sum(1) >= 1)
+    assert torch.all(found[7] == 1)  # the female row keeps every layer

@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from vhuman.generate import latent_for_seed
-from vhuman.generators import SyntheticGenerator
-from vhuman.io import column_vectors, save_png, to_uint8
+from vhuman.generators import SyntheticGenerator, truncate
+from vhuman.io import column_vectors, load_torch_file, save_png, to_uint8
 from vhuman.properties import property_matrix
 from vhuman.report import image_grid
 from vhuman.synthetic import NUISANCE_NAMES, PARAM_INDEX, PROPERTY_NAMES
@@ -27,6 +27,7 @@ from vhuman.training import (
     RANGES,
     ClosedLoop,
     Controller,
+    critic_reading,
     layer_mask_or_ones,
     layer_step,
     load_conditional_generator,
@@ -150,9 +151,24 @@ def direction_layers(
     return mask.float(), effect
 
 
+def directions_layer_mask(
+    base: torch.nn.Module, critic, weights: torch.Tensor, probe_w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``direction_layers`` with the critic as the reader, on the codes ``probe_w`` [N, w_dim]; rows after the
+    properties (the female row) keep every layer: a female look is hair, lips and brows as much as the face's
+    shape, and the critic's p(female), already near 1, shows too little of that to the probe."""
+
+    def read(wp):
+        return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), len(weights))
+
+    mask, effect = direction_layers(read, probe_w, weights, base.num_layers)
+    mask[len(PROPERTY_NAMES) :] = 1
+    return mask, effect
+
+
 def load_directions(path: str | Path, base: torch.nn.Module, closed_loop: ClosedLoop | None = None):
     """The baseline from ``results/directions/directions.pth``, optionally refined in closed loop."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, what="latent directions")
     return DirectionsController(
         base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop, ckpt.get("layer_mask")
     ).eval()

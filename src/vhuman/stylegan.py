@@ -368,9 +368,6 @@ class StyleGANDiscriminator(nn.Module):
         )
         self.num_blocks = int(math.log2(resolution)) - 1
         self.register_buffer("lod", torch.zeros(()))
-        # Channels-last activations: oneDNN's convolutions (the transposed ones most) run up to 2x faster on CPU in
-        # this layout; same results within float rounding. Not part of the checkpoint.
-        self.channels_last = True
         for b in range(self.num_blocks):
             res = resolution // 2**b
             nf = channels_at(res, fmaps_base, fmaps_max)

@@ -2,13 +2,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from vhuman.control import direction_layers, fit_directions
+from vhuman.control import directions_layer_mask, fit_directions
 from vhuman.generate import pick_device
-from vhuman.generators import load_generator, truncate
+from vhuman.generators import load_generator
 from vhuman.io import column_vectors, logging_to, save_torch_atomic, write_json
 from vhuman.regressor import load_regressor
-from vhuman.synthetic import PROPERTY_NAMES
-from vhuman.training import critic_reading
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -19,17 +17,9 @@ with logging_to(snakemake.log[0]):
     )
     base = load_generator(snakemake.input.generator, kind=snakemake.params.kind).to(device)
     critic = load_regressor(snakemake.input.regressor).to(device)
-    rows = len(directions["weights"])
-
-    def read(wp):
-        return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), rows)
-
     # Which layers each direction acts through, seen by the critic on the first images' codes.
     probe = torch.from_numpy(column_vectors(latents, "w")[: snakemake.params.layer_probe_images]).float().to(device)
-    mask, effect = direction_layers(read, probe, directions["weights"].float().to(device), base.num_layers)
-    # The female row keeps every layer: a female look is hair, lips and brows as much as the face's shape, and the
-    # critic's p(female), already near 1, shows too little of that to the probe.
-    mask[len(PROPERTY_NAMES) :] = 1
+    mask, effect = directions_layer_mask(base, critic, directions["weights"].float().to(device), probe)
     directions["layer_mask"] = mask
     save_torch_atomic(
         {**directions, "base_checkpoint": snakemake.input.generator, "base_kind": snakemake.params.kind},

@@ -18,8 +18,10 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/gender.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/properties.smk"
+include: "workflow/rules/regressor.smk"
+include: "workflow/rules/directions.smk"
 include: "workflow/rules/finetune.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
 
 

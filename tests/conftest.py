@@ -2,10 +2,27 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
+import torch
+import yaml
+
+from vhuman.directions import fit_directions
+from vhuman.generators import SyntheticGenerator
+from vhuman.io import vectors_column
+from vhuman.latents import truncate
+from vhuman.synthetic import PARAM_INDEX
+from vhuman.vocabulary import PROPERTY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def default_config() -> dict:
+    """The embedded default config: the one source of every setting's default."""
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def reference_file(*parts: str) -> Path:
@@ -41,3 +58,35 @@ def browser(tmp_path):
     drv = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
     yield drv
     drv.quit()
+
+
+# ---- a small synthetic world for the latent-path tests -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base():
+    return SyntheticGenerator(64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world(base):
+    """The truth of 400 generated faces stands in for a measured property table."""
+    z = torch.randn(400, 512, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        w = base.mapping(z)
+        params = base.render_params(truncate(w, base.w_avg, base.num_layers))
+        images = base.synthesis(truncate(w, base.w_avg, base.num_layers))
+    table = pd.DataFrame({"image_id": [f"{i:06d}" for i in range(400)]})
+    for name in PROPERTY_NAMES:
+        table[name] = params[:, PARAM_INDEX[name]].numpy()
+        table[f"{name}_valid"] = True
+    uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return table, w, uint8
+
+
+@pytest.fixture(scope="module")
+def directions(world):
+    table, w, _ = world
+    latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
+    labels = pd.DataFrame({"image_id": table["image_id"], "p_female": (np.arange(len(table)) % 3 > 0).astype(float)})
+    return fit_directions(latents, table, labels)

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.conftest import default_config
 from vhuman import gender
 from vhuman.io import save_png, to_uint8
 from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
@@ -54,7 +55,9 @@ def dataset(tmp_path_factory):
             "labeled_at": "2024",
         }
     )
-    settings = gender.ClassifierSettings(folds=2, max_epochs=6, patience=6, batch_size=16, width=8)
+    settings = gender.ClassifierSettings(
+        **default_config()["gender_cnn"] | dict(folds=2, max_epochs=6, patience=6, batch_size=16, width=8)
+    )
     metrics = gender.train_and_label(
         out / "images",
         ids,
@@ -121,7 +124,7 @@ def test_too_few_hand_labels_is_a_clear_error(tmp_path):
             tmp_path,
             ["000000"],
             manual,
-            gender.ClassifierSettings(),
+            gender.ClassifierSettings(**default_config()["gender_cnn"]),
             tmp_path / "m.pth",
             tmp_path / "l.parquet",
             tmp_path / "x.json",

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vhuman import synthetic
+from vhuman import synthetic, vocabulary
 from vhuman.generate import generate_images
 from vhuman.generators import SyntheticGenerator
 from vhuman.io import column_vectors, load_image, load_label_map
@@ -59,6 +59,6 @@ def test_truth_table_and_masks(generated):
     assert len(truth) == 10 and truth["gender"].isin([0.0, 1.0]).all()
     assert truth["face_pose"].between(-1, 1).all() and truth["eyes"].between(0, 1).all()
     mask = load_label_map(generated / "masks" / "000000.png")
-    assert mask.shape == (64, 64) and mask.max() < len(synthetic.CLASS_NAMES)
+    assert mask.shape == (64, 64) and mask.max() < len(vocabulary.CLASS_NAMES)
     assert {0, 1, 17} <= set(np.unique(mask).tolist())
     assert not list(generated.rglob(".*.tmp"))

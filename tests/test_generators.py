@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from vhuman import synthetic
-from vhuman.generators import SyntheticGenerator, load_generator, save_synthetic_generator, truncate
+from vhuman import synthetic, vocabulary
+from vhuman.generators import SyntheticGenerator, generator_from_record, generator_record, load_generator
 from vhuman.io import CheckpointError
+from vhuman.latents import truncate
+from vhuman.stylegan import StyleGANGenerator
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def test_same_seed_same_weights_and_other_seed_differs(generator):
     for k, v in generator.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     other = SyntheticGenerator(resolution=64, seed=1)
-    assert not torch.equal(other.mapping_net[0].weight, generator.mapping_net[0].weight)
+    assert not torch.equal(other.mapping[0].weight, generator.mapping[0].weight)
 
 
 def test_no_property_sits_on_one_axis_of_z_or_w(generator):
@@ -35,7 +37,7 @@ def test_no_property_sits_on_one_axis_of_z_or_w(generator):
     with torch.no_grad():
         w = generator.mapping(z)
         params = generator.render_params(truncate(w, generator.w_avg, generator.num_layers)).numpy()
-    names = ("gender", *synthetic.PROPERTY_NAMES)
+    names = ("gender", *vocabulary.PROPERTY_NAMES)
     props = params[:, [synthetic.PARAM_INDEX[n] for n in names]]
 
     def max_abs_corr(a, b):
@@ -77,7 +79,7 @@ def test_truncation():
 
 def test_checkpoint_round_trip(generator, tmp_path):
     path = tmp_path / "g.pth"
-    save_synthetic_generator(generator, path)
+    generator.save(path)
     loaded = load_generator(path)
     z = torch.randn(2, 512)
     with torch.no_grad():
@@ -91,7 +93,7 @@ def test_bad_checkpoints_fail_with_the_file_name(generator, tmp_path):
     with pytest.raises(CheckpointError, match="missing.pth: generator checkpoint not found"):
         load_generator(tmp_path / "missing.pth")
     good = tmp_path / "good.pth"
-    save_synthetic_generator(generator, good)
+    generator.save(good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated.pth: cannot read"):
@@ -102,3 +104,35 @@ def test_bad_checkpoints_fail_with_the_file_name(generator, tmp_path):
         load_generator(other)
     with pytest.raises(CheckpointError, match="other.pth: not a synthetic-world generator"):
         load_generator(other, kind="synthetic")
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "genforce"])
+def test_both_generators_share_one_interface(kind, tmp_path):
+    """Every stage uses only mapping (with the first layer's extra input), synthesis, num_layers, settings, save
+    and the record; both generators answer them alike and rebuild exactly from their own files."""
+    torch.manual_seed(0)
+    gen = SyntheticGenerator(32, seed=0) if kind == "synthetic" else StyleGANGenerator(32, fmaps_base=256, fmaps_max=32)
+    gen.eval()
+    assert gen.kind == kind
+    z = torch.randn(3, gen.z_dim)
+    extra = torch.zeros(3, gen.mapping.first_layer_width)
+    with torch.no_grad():
+        w = gen.mapping(z)
+        assert torch.equal(gen.mapping(z, first_layer_extra=extra), w)
+        assert not torch.allclose(gen.mapping(z, first_layer_extra=extra + 1), w)
+        images = gen.synthesis(truncate(w, gen.w_avg, gen.num_layers))
+    assert images.shape == (3, 3, 32, 32) and gen.resolution == 32
+    again = generator_from_record(generator_record(gen), "record")
+    gen.save(tmp_path / "g.pth")
+    loaded = load_generator(tmp_path / "g.pth")
+    assert again.settings == loaded.settings == gen.settings
+    with torch.no_grad():
+        for other in (again, loaded):
+            assert torch.equal(other.synthesis(truncate(other.mapping(z), other.w_avg, other.num_layers)), images)
+
+
+def test_synthetic_files_from_before_the_mapping_module_still_load(generator, tmp_path):
+    old = {k.replace("mapping.", "mapping_net.", 1): v for k, v in generator.state_dict().items()}
+    path = tmp_path / "old.pth"
+    torch.save({"kind": "vhuman-synthetic-generator", "settings": generator.settings, "generator": old}, path)
+    assert torch.equal(load_generator(path).mapping[0].weight, generator.mapping[0].weight)

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -136,9 +137,7 @@ def free_port():
 def start_server_process(images_dir, labels, port):
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "vhuman.labeling",
+            str(Path(sys.executable).with_name("vhuman-label")),  # the installed command, as a user starts it
             "--images",
             str(images_dir),
             "--labels",

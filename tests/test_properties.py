@@ -5,14 +5,8 @@ import torch
 
 from vhuman import properties
 from vhuman.io import save_png, to_uint8
-from vhuman.synthetic import (
-    CLASS_ID,
-    EYE_ASPECT_OPEN,
-    PARAM_INDEX,
-    PROPERTY_NAMES,
-    render_faces,
-    sample_face_params,
-)
+from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
+from vhuman.vocabulary import CLASS_ID, EYE_ASPECT_OPEN, PROPERTY_NAMES
 
 
 def ellipse(h, w, cy, cx, a, b, angle=0.0):

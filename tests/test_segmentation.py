@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import default_config
 from vhuman import segmentation
 from vhuman.io import CheckpointError, load_label_map, save_png, to_uint8
-from vhuman.synthetic import CLASS_ID, LABEL_PALETTE, render_faces, sample_face_params
+from vhuman.synthetic import render_faces, sample_face_params
+from vhuman.vocabulary import CLASS_ID, LABEL_PALETTE
 
 
 def test_mirroring_swaps_left_and_right_classes():
@@ -33,7 +35,10 @@ def test_iou_report():
 @pytest.fixture(scope="module")
 def parser_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("parser")
-    settings = segmentation.ParserSettings(train_images=200, steps=300, batch_size=8, width=8, train_mask_resolution=64)
+    defaults = default_config()["segmentation"]["world_parser"]
+    settings = segmentation.ParserSettings(
+        **defaults | dict(train_images=200, steps=300, batch_size=8, width=8, train_mask_resolution=64)
+    )
     metrics = segmentation.train_world_parser(settings, out / "parser.pth", 128, out / "metrics.json", progress=False)
     return out / "parser.pth", metrics
 

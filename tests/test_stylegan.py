@@ -6,15 +6,11 @@ import pytest
 import torch
 
 from tests.conftest import reference_file
+from vhuman.discriminator import StyleGANDiscriminator, minibatch_std
 from vhuman.generators import load_generator
+from vhuman.genforce import discriminator_from_checkpoint, save_genforce_checkpoint
 from vhuman.io import CheckpointError, to_uint8
-from vhuman.stylegan import (
-    StyleGANDiscriminator,
-    StyleGANGenerator,
-    discriminator_from_checkpoint,
-    minibatch_std,
-    save_genforce_checkpoint,
-)
+from vhuman.stylegan import StyleGANGenerator
 
 
 @pytest.fixture(scope="module")

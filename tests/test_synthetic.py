@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vhuman import synthetic
-from vhuman.synthetic import CLASS_ID, PARAM_INDEX, render_faces, sample_face_params
+from vhuman import synthetic, vocabulary
+from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
+from vhuman.vocabulary import CLASS_ID
 
 LUMA = torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)
 
@@ -94,7 +95,7 @@ def test_renderer_is_differentiable_in_properties():
     p = sharp_params(2).requires_grad_(True)
     out = render_faces(p, 64)
     out.images.sum().backward()
-    for name in synthetic.PROPERTY_NAMES:
+    for name in vocabulary.PROPERTY_NAMES:
         assert p.grad[:, PARAM_INDEX[name]].abs().sum() > 0, name
 
 

@@ -20,20 +20,22 @@ import torch.nn.functional as F
 from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
-from vhuman.io import load_image, save_torch_atomic, write_json, write_parquet_atomic
+from vhuman.io import load_image_batch, load_torch_file, save_torch_atomic, write_json, write_parquet_atomic
 
 
 @dataclass
 class ClassifierSettings:
-    input_size: int = 64
-    folds: int = 5
-    max_epochs: int = 20
-    patience: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    width: int = 32
-    seed: int = 0
+    """``gender_cnn`` of the config (its defaults live there and in the schema, nowhere else)."""
+
+    input_size: int
+    folds: int
+    max_epochs: int
+    patience: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    width: int
+    seed: int
 
 
 class GenderQualityNet(nn.Module):
@@ -59,16 +61,6 @@ class GenderQualityNet(nn.Module):
         # The image and its high-pass detail: the detail channels make a blurred top easy to see.
         detail = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         return self.head(self.features(torch.cat([x, 4 * detail], dim=1))) + self.logit_shift
-
-
-def load_images(images_dir: str | Path, image_ids: list[str], size: int) -> torch.Tensor:
-    """uint8 tensor [N, 3, size, size] of the given images (resized with antialiasing when needed)."""
-    arr = np.stack([load_image(Path(images_dir) / f"{i}.png") for i in image_ids])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-    if x.shape[-1] != size:
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
-        x = x.to(torch.uint8)
-    return x
 
 
 def _to_input(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -220,7 +212,7 @@ def train_and_label(
             f"{settings.folds}-fold training"
         )
     log = tqdm.write if progress else None
-    images = load_images(images_dir, list(manual["image_id"]), settings.input_size)
+    images = load_image_batch(images_dir, list(manual["image_id"]), settings.input_size)
     female = torch.tensor((manual["gender"] == "female").to_numpy(), dtype=torch.float32)
     good = torch.tensor((manual["quality"] == "good").to_numpy(), dtype=torch.float32)
     has_quality = torch.ones_like(good)
@@ -279,7 +271,7 @@ def train_and_label(
 
 
 def load_ensemble(path: str | Path) -> list[GenderQualityNet]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, what="gender CNN ensemble")
     models = []
     for state in ckpt["folds"]:
         model = GenderQualityNet(ckpt["settings"]["width"])
@@ -292,7 +284,7 @@ def ensemble_predict(models, images_dir, image_ids, input_size, batch_size=512, 
     """Mean and spread (std over folds) of [p_female, p_good_quality] per image."""
     means, stds = [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="gender inference", disable=not progress):
-        x = load_images(images_dir, image_ids[start : start + batch_size], input_size)
+        x = load_image_batch(images_dir, image_ids[start : start + batch_size], input_size)
         p = np.stack([_predict(m, x) for m in models])
         means.append(p.mean(0))
         stds.append(p.std(0))

@@ -10,23 +10,14 @@ import torch
 from tqdm import tqdm
 
 from vhuman import synthetic
-from vhuman.generators import truncate
 from vhuman.io import save_png, to_uint8, vectors_column, write_parquet_atomic
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from vhuman.latents import latent_for_seed, truncate
+from vhuman.runtime import pick_device
+from vhuman.vocabulary import LABEL_PALETTE
 
 
 def image_id(index: int) -> str:
     return f"{index:06d}"
-
-
-def latent_for_seed(seed: int, z_dim: int) -> torch.Tensor:
-    """z ~ N(0, I) from the image's own seed, so any single image can be redrawn alone."""
-    return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
 
 
 def generate_images(
@@ -80,7 +71,7 @@ def generate_images(
                     save_png(
                         rendered.labels[k].cpu().numpy(),
                         Path(truth_masks_dir) / f"{image_id(i)}.png",
-                        palette=synthetic.LABEL_PALETTE,
+                        palette=LABEL_PALETTE,
                     )
             ids.extend(image_id(i) for i in idx)
             seeds.extend(batch_seeds)

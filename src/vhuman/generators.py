@@ -1,22 +1,24 @@
-"""Generators behind one interface, and their checkpoint files.
+"""Generators behind one interface (``Generator``), and their checkpoint files.
 
-Every generator has ``z_dim``, ``w_dim``, ``num_layers``, ``resolution``, a ``w_avg`` buffer,
-``mapping(z) -> w`` and ``synthesis(wp) -> image`` with wp of shape [N, num_layers, w_dim] and images RGB in
-[-1, 1]. ``SyntheticGenerator`` draws from the synthetic face world; ``vhuman.stylegan.StyleGANGenerator`` is
-GenForce's StyleGAN. The generate stage and the fine-tune only use this interface.
+``SyntheticGenerator`` draws from the synthetic face world; ``vhuman.stylegan.StyleGANGenerator`` is GenForce's
+StyleGAN. Every stage after this module uses the interface only, never a generator's class.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vhuman import synthetic
+from vhuman.genforce import generator_from_checkpoint
 from vhuman.io import CheckpointError, load_torch_file, save_torch_atomic
+from vhuman.latents import truncate
+from vhuman.stylegan import StyleGANGenerator
 
 SYNTHETIC_KIND = "vhuman-synthetic-generator"
 
@@ -52,17 +54,42 @@ SYNTHETIC_LAYER_OF = {
 }
 
 
-def truncate(
-    w: torch.Tensor, w_avg: torch.Tensor, num_layers: int, psi: float = 1.0, layers: int | None = None
-) -> torch.Tensor:
-    """Repeat w [N, w_dim] to wp [N, num_layers, w_dim] (or take wp as it is) and pull the first ``layers``
-    towards ``w_avg``."""
-    wp = w.unsqueeze(1).repeat(1, num_layers, 1) if w.dim() == 2 else w
-    if psi != 1.0 and (layers is None or layers > 0):
-        cut = num_layers if layers is None else min(layers, num_layers)
-        trunc = w_avg.view(1, 1, -1) + (wp[:, :cut] - w_avg.view(1, 1, -1)) * psi
-        wp = torch.cat([trunc, wp[:, cut:]], dim=1)
-    return wp
+class Generator(Protocol):
+    """What every stage may use of a generator. wp is [N, num_layers, w_dim]; images are RGB in [-1, 1]."""
+
+    kind: str  # "synthetic" or "genforce": how its record is rebuilt
+    z_dim: int
+    w_dim: int
+    num_layers: int
+    resolution: int
+    w_avg: torch.Tensor
+    mapping: nn.Module  # (z, first_layer_extra=None) -> w; the extra enters the first layer before its activation
+
+    def synthesis(self, wp: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def settings(self) -> dict: ...  # constructor arguments
+
+    def save(self, path: str | Path) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+
+class SyntheticMapping(nn.ModuleList):
+    """Pixel norm, then leaky-ReLU linear layers: z -> w."""
+
+    @property
+    def first_layer_width(self) -> int:
+        return self[0].out_features
+
+    def forward(self, z: torch.Tensor, first_layer_extra: torch.Tensor | None = None) -> torch.Tensor:
+        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+        for i, lin in enumerate(self):
+            x = lin(x)
+            if i == 0 and first_layer_extra is not None:
+                x = x + first_layer_extra
+            x = F.leaky_relu(x, 0.2)
+        return x
 
 
 class SyntheticGenerator(nn.Module):
@@ -87,11 +114,11 @@ class SyntheticGenerator(nn.Module):
         self.z_dim, self.w_dim, self.num_layers, self.hidden = z_dim, w_dim, num_layers, hidden
         self.mapping_layers = mapping_layers
         g = torch.Generator().manual_seed(self.seed)
-        self.mapping_net = nn.ModuleList(nn.Linear(z_dim if i == 0 else w_dim, w_dim) for i in range(mapping_layers))
+        self.mapping = SyntheticMapping(nn.Linear(z_dim if i == 0 else w_dim, w_dim) for i in range(mapping_layers))
         self.entangle = nn.ModuleList(nn.Linear(w_dim, hidden) for _ in range(num_layers))
         self.readout = nn.ModuleList(nn.Linear(hidden, len(names), bias=False) for names in SYNTHETIC_LAYER_OF.values())
         with torch.no_grad():
-            for lin in self.mapping_net:
+            for lin in self.mapping:
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * math.sqrt(2.0 / 1.04 / lin.in_features))
                 lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
             for lin in self.entangle:
@@ -116,12 +143,6 @@ class SyntheticGenerator(nn.Module):
         self.raw_mean.copy_(raw.mean(0))
         self.raw_std.copy_(raw.std(0))
         self.w_avg.copy_(w.mean(0))
-
-    def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
-        for lin in self.mapping_net:
-            x = F.leaky_relu(lin(x), 0.2)
-        return x
 
     def _raw(self, wp: torch.Tensor) -> torch.Tensor:
         parts = [
@@ -170,6 +191,9 @@ class SyntheticGenerator(nn.Module):
             out.labels = synthetic.render_faces(params, mask_resolution, with_image=False).labels
         return out
 
+    kind = "synthetic"
+
+    @property
     def settings(self) -> dict:
         return {
             "resolution": self.resolution,
@@ -181,36 +205,49 @@ class SyntheticGenerator(nn.Module):
             "mapping_layers": self.mapping_layers,
         }
 
-
-def save_synthetic_generator(generator: SyntheticGenerator, path: str | Path) -> None:
-    save_torch_atomic(
-        {"kind": SYNTHETIC_KIND, "settings": generator.settings(), "generator": generator.state_dict()}, path
-    )
+    def save(self, path: str | Path) -> None:
+        save_torch_atomic({"kind": SYNTHETIC_KIND, "settings": self.settings, "generator": self.state_dict()}, path)
 
 
-def load_generator(path: str | Path, kind: str = "auto", resolution: int | None = None) -> nn.Module:
+def generator_record(generator: Generator) -> dict:
+    """What a file needs to rebuild ``generator`` exactly (see ``generator_from_record``)."""
+    return {"kind": generator.kind, "settings": generator.settings, "state_dict": generator.state_dict()}
+
+
+def generator_from_record(record: dict, path: str | Path) -> Generator:
+    """Rebuild a generator from ``generator_record``'s dict, loading its weights strictly."""
+    classes = {"synthetic": SyntheticGenerator, "genforce": StyleGANGenerator}
+    if record.get("kind") not in classes:
+        raise CheckpointError(f"{path}: unknown generator kind {record.get('kind')!r}; expected one of {list(classes)}")
+    gen = classes[record["kind"]](**record["settings"])
+    # Synthetic generators saved before the mapping became a module of its own named it mapping_net.
+    state = {k.replace("mapping_net.", "mapping.", 1): v for k, v in record["state_dict"].items()}
+    try:
+        gen.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: generator weights do not match its settings: {exc}") from exc
+    return gen.eval()
+
+
+def load_generator(path: str | Path, kind: str = "auto", resolution: int | None = None) -> Generator:
     """Load any generator checkpoint this project knows: ours (synthetic) or GenForce StyleGAN files.
 
     ``resolution``, when given, must match the checkpoint's, so a config and a file that disagree stop early.
     """
     ckpt = load_torch_file(path, what="generator checkpoint")
     if kind in ("auto", "synthetic") and isinstance(ckpt, dict) and ckpt.get("kind") == SYNTHETIC_KIND:
-        gen = SyntheticGenerator(**ckpt["settings"])
-        try:
-            gen.load_state_dict(ckpt["generator"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: synthetic generator weights do not match its settings: {exc}") from exc
+        gen = generator_from_record(
+            {"kind": "synthetic", "settings": ckpt["settings"], "state_dict": ckpt["generator"]}, path
+        )
         if resolution is not None and gen.resolution != resolution:
             raise CheckpointError(
                 f"{path}: draws {gen.resolution}x{gen.resolution} images but the config asks for "
                 f"{resolution}; rebuild it or fix 'resolution' in the config"
             )
-        return gen.eval()
+        return gen
     if kind == "synthetic":
         raise CheckpointError(
             f"{path}: not a synthetic-world generator checkpoint (kind {ckpt.get('kind')!r}); "
             "rebuild it with `snakemake results/models/synthetic_generator.pth`"
         )
-    from vhuman.stylegan import generator_from_checkpoint  # GenForce files and bare state dicts
-
     return generator_from_checkpoint(ckpt, path, expected_resolution=resolution)

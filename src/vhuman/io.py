@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -104,6 +105,16 @@ def save_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = N
 def load_image(path: str | Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def load_image_batch(images_dir: str | Path, image_ids: list[str], size: int) -> torch.Tensor:
+    """uint8 tensor [N, 3, size, size] of ``images_dir/{id}.png`` (resized with antialiasing when needed)."""
+    arr = np.stack([load_image(Path(images_dir) / f"{i}.png") for i in image_ids])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    if x.shape[-1] != size:
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
+        x = x.to(torch.uint8)
+    return x
 
 
 def load_label_map(path: str | Path) -> np.ndarray:

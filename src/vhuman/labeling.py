@@ -9,7 +9,6 @@ Start the page with ``vhuman-label --images results/generated/images --labels da
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -302,29 +301,3 @@ def simulate_hand_labels(truth: pd.DataFrame, first: int, error_rate: float, see
     ]
     write_labels(out_path, out)
     return int(flip_g.sum() + flip_q.sum())
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Label the gender and quality of generated faces in a browser.")
-    ap.add_argument("--images", default="results/generated/images", help="folder of generated PNGs")
-    ap.add_argument("--labels", default="data/labels/manual_labels.csv", help="CSV to write (resumed if present)")
-    ap.add_argument("--first", type=int, default=2000, help="label the first N images (default 2000)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    ap.add_argument("--port", type=int, default=8765)
-    args = ap.parse_args(argv)
-    server = serve(args.images, args.labels, args.first, args.host, args.port)
-    print(
-        f"Labelling page: http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop; labels are saved on "
-        f"every key press to {args.labels})",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-if __name__ == "__main__":
-    main()

@@ -35,7 +35,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from vhuman.io import load_image, load_label_map, write_parquet_atomic
-from vhuman.synthetic import (
+from vhuman.vocabulary import (
     BACKGROUND_STD_FULL,
     CLASS_ID,
     EYE_ASPECT_OPEN,

@@ -1,4 +1,4 @@
-"""A frozen critic for the fine-tune: a CNN that reads the properties (and gender) off an image.
+"""Stage 6a: a frozen critic for the fine-tune: a CNN that reads the properties (and gender) off an image.
 
 Trained on the property table (properties measured from masks of the female subset) and the gender labels of all
 images, so it knows what male faces look like too. It is independent of the gender CNN that evaluation uses.
@@ -17,21 +17,22 @@ import torch.nn.functional as F
 from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
-from vhuman.gender import load_images
-from vhuman.io import load_torch_file, save_torch_atomic, write_json
-from vhuman.synthetic import PROPERTY_NAMES
+from vhuman.io import load_image_batch, load_torch_file, save_torch_atomic, write_json
+from vhuman.vocabulary import PROPERTY_NAMES
 
 KIND = "vhuman-property-regressor"
 
 
 @dataclass
 class RegressorSettings:
-    input_size: int = 64
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2e-3
-    width: int = 16
-    seed: int = 0
+    """``finetune.regressor`` of the config (its defaults live there and in the schema, nowhere else)."""
+
+    input_size: int
+    steps: int
+    batch_size: int
+    lr: float
+    width: int
+    seed: int
 
 
 class PropertyRegressor(nn.Module):
@@ -74,7 +75,7 @@ def train_regressor(
     gen = torch.Generator().manual_seed(settings.seed)
     table = gender_labels[["image_id", "p_female"]].merge(properties, on="image_id", how="left")
     ids = list(table["image_id"])
-    images = load_images(images_dir, ids, settings.input_size)
+    images = load_image_batch(images_dir, ids, settings.input_size)
     targets = torch.tensor(table[list(PROPERTY_NAMES)].to_numpy(np.float32))
     valid = torch.tensor(np.stack([table[f"{n}_valid"].fillna(False).to_numpy(bool) for n in PROPERTY_NAMES], 1))
     targets = torch.nan_to_num(targets)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from vhuman.io import load_image, save_png
+from vhuman.io import load_image, load_label_map, save_png
+from vhuman.vocabulary import LABEL_PALETTE, PROPERTY_NAMES
 
 
 def image_grid(images: list[np.ndarray], rows: int, cols: int, pad: int = 2) -> np.ndarray:
@@ -31,10 +34,6 @@ def mask_overlay_grid(
     images_dir: str | Path, masks_dir: str | Path, image_ids: list[str], out_path: str | Path, alpha: float = 0.55
 ) -> None:
     """Images (top row) and their masks blended over them (bottom row), at the mask size."""
-    from PIL import Image
-
-    from vhuman.io import load_label_map
-    from vhuman.synthetic import LABEL_PALETTE
 
     tops, bottoms = [], []
     for i in image_ids:
@@ -52,9 +51,6 @@ def _text(draw, xy, text, fill=(0, 0, 0)):
 
 def property_histograms(table, out_path: str | Path, bins: int = 20) -> None:
     """One histogram per property and the properties' correlation matrix, drawn with PIL (no plotting stack)."""
-    from PIL import Image, ImageDraw
-
-    from vhuman.synthetic import PROPERTY_NAMES
 
     cell_w, cell_h, pad = 220, 150, 24
     n = len(PROPERTY_NAMES)
@@ -109,7 +105,6 @@ def _page(body: str) -> str:
 
 
 def _cell(value) -> str:
-    from html import escape
 
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -140,7 +135,6 @@ def _flatten(data: dict, prefix: str = "") -> tuple[list[list], dict[str, list]]
 
 def metrics_table_html(data: dict, title: str, max_records: int = 60) -> str:
     """A metrics dict as an HTML page: one key/value table, then each list of records as a table of its own."""
-    from html import escape
 
     scalars, record_lists = _flatten(data)
     parts = [f"<h2>{escape(title)}</h2>", _rows_table(["metric", "value"], scalars)]
@@ -156,7 +150,6 @@ def metrics_table_html(data: dict, title: str, max_records: int = 60) -> str:
 
 def control_table_html(control: dict) -> str:
     """control.json as one table per model and measurement: a row per property, a column per metric."""
-    from html import escape
 
     columns = ["pearson_r", "mae", "share_of_z_passing", "cutoff", "other_properties_movement", "valid_share"]
     parts = []
@@ -176,7 +169,6 @@ def control_table_html(control: dict) -> str:
 def animation_page_html(gif_path: str | Path, title: str) -> str:
     """A GIF inside an HTML page: the report's viewer shows HTML and PNG/JPEG/SVG, but not GIF files."""
     import base64
-    from html import escape
 
     data = base64.b64encode(Path(gif_path).read_bytes()).decode("ascii")
     return _page(

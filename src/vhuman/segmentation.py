@@ -21,9 +21,18 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman import bisenet, synthetic
-from vhuman.io import CheckpointError, load_image, load_torch_file, save_png, save_torch_atomic, write_json
+from vhuman.io import (
+    CheckpointError,
+    load_image,
+    load_label_map,
+    load_torch_file,
+    save_png,
+    save_torch_atomic,
+    write_json,
+)
+from vhuman.vocabulary import CLASS_NAMES, LABEL_PALETTE
 
-NUM_CLASSES = len(synthetic.CLASS_NAMES)
+NUM_CLASSES = len(CLASS_NAMES)
 PARSER_KIND = "vhuman-world-parser"
 # Mirroring an image swaps the sides of these classes.
 MIRROR = torch.arange(NUM_CLASSES)
@@ -33,14 +42,16 @@ for a, b in ((2, 3), (4, 5), (7, 8)):
 
 @dataclass
 class ParserSettings:
-    image_resolution: int = 64
-    train_mask_resolution: int = 128
-    train_images: int = 3000
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 3e-3
-    width: int = 16
-    seed: int = 0
+    """``segmentation.world_parser`` of the config (its defaults live there and in the schema, nowhere else)."""
+
+    image_resolution: int
+    train_mask_resolution: int
+    train_images: int
+    steps: int
+    batch_size: int
+    lr: float
+    width: int
+    seed: int
 
 
 class _Block(nn.Sequential):
@@ -112,7 +123,7 @@ def iou_report(conf: np.ndarray) -> dict:
     inter = np.diag(conf).astype(float)
     union = conf.sum(0) + conf.sum(1) - inter
     present = conf.sum(1) > 0
-    iou = {synthetic.CLASS_NAMES[c]: float(inter[c] / union[c]) for c in range(NUM_CLASSES) if present[c]}
+    iou = {CLASS_NAMES[c]: float(inter[c] / union[c]) for c in range(NUM_CLASSES) if present[c]}
     return {
         "miou": float(np.mean(list(iou.values()))) if iou else float("nan"),
         "per_class": iou,
@@ -227,13 +238,11 @@ def segment_images(
         ids = image_ids[s : s + batch_size]
         labels = parser(np.stack([load_image(Path(images_dir) / f"{i}.png") for i in ids]))
         for i, lab in zip(ids, labels, strict=True):
-            save_png(lab, masks_dir / f"{i}.png", palette=synthetic.LABEL_PALETTE)
+            save_png(lab, masks_dir / f"{i}.png", palette=LABEL_PALETTE)
 
 
 def mask_agreement(masks_dir: str | Path, truth_dir: str | Path, image_ids: list[str]) -> dict:
     """Mean IoU of stored masks against stored true label maps (same ids, same size)."""
-    from vhuman.io import load_label_map
-
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for i in image_ids:
         conf += confusion(load_label_map(Path(masks_dir) / f"{i}.png"), load_label_map(Path(truth_dir) / f"{i}.png"))

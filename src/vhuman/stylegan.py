@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vhuman.generators import truncate
-from vhuman.io import CheckpointError, save_torch_atomic
+from vhuman.io import save_torch_atomic
+from vhuman.latents import truncate
 
 GAIN = math.sqrt(2.0)
 SLOPE = 0.2
@@ -51,8 +51,11 @@ class DenseLayer(nn.Module):
         self.wscale = gain / math.sqrt(in_features) * lr_mul
         self.lr_mul, self.activate = lr_mul, activate
 
-    def forward(self, x):
+    def forward(self, x, extra=None):
+        """``extra`` is added before the activation (the fine-tune's property input)."""
         x = F.linear(x.flatten(1), self.weight * self.wscale, self.bias * self.lr_mul)
+        if extra is not None:
+            x = x + extra
         return F.leaky_relu(x, SLOPE) if self.activate else x
 
 
@@ -70,13 +73,19 @@ class MappingNetwork(nn.Module):
             setattr(self, f"dense{i}", DenseLayer(in_dim, out_dim, lr_mul=lr_mul))
             in_dim = out_dim
 
-    def forward(self, z, label=None):
+    @property
+    def first_layer_width(self) -> int:
+        return self.dense0.weight.shape[0]
+
+    def forward(self, z, label=None, first_layer_extra=None):
+        """w for z; ``first_layer_extra`` [N, fmaps] is added to the first layer's pre-activation."""
         if self.label_size:
             if label is None:
                 raise ValueError(f"this generator is conditional: pass a label of size {self.label_size}")
             z = torch.cat([z, label @ self.label_weight], dim=1)
         x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
-        for i in range(self.num_layers):
+        x = self.dense0(x, first_layer_extra)
+        for i in range(1, self.num_layers):
             x = getattr(self, f"dense{i}")(x)
         return x
 
@@ -250,7 +259,9 @@ class SynthesisNetwork(nn.Module):
 
 
 class StyleGANGenerator(nn.Module):
-    """GenForce StyleGAN generator with the project's generator interface (mapping, synthesis, w_avg)."""
+    """GenForce StyleGAN generator with the project's generator interface (see vhuman.generators)."""
+
+    kind = "genforce"
 
     def __init__(
         self,
@@ -296,239 +307,6 @@ class StyleGANGenerator(nn.Module):
         wp = self.truncation(self.mapping(z, label), truncation_psi, truncation_layers)
         return self.synthesis(wp, noise_mode)
 
-
-class DownsampleConv(nn.Module):
-    """blur -> 3x3 conv with bias -> (2x2 average pool | fused stride-2 conv) -> lrelu."""
-
-    def __init__(self, in_channels, out_channels, fused):
-        super().__init__()
-        self.fused = fused
-        self.blur = Blur(in_channels)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.wscale = GAIN / math.sqrt(in_channels * 9)
-
-    def forward(self, x):
-        x = self.blur(x)
-        weight = self.weight * self.wscale
-        if self.fused:
-            x = F.conv2d(x, _fused_kernel(weight, True), self.bias, stride=2, padding=1)
-        else:
-            x = F.avg_pool2d(F.conv2d(x, weight, self.bias, padding=1), 2)
-        return F.leaky_relu(x, SLOPE)
-
-
-class Conv(nn.Module):
-    def __init__(self, in_channels, out_channels, kernel):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.wscale = GAIN / math.sqrt(in_channels * kernel * kernel)
-        self.padding = kernel // 2
-
-    def forward(self, x):
-        return F.leaky_relu(F.conv2d(x, self.weight * self.wscale, self.bias, padding=self.padding), SLOPE)
-
-
-def minibatch_std(x, group_size=4, eps=1e-8):
-    """Append the group's feature standard deviation as one extra channel (sample i is in group i mod N/G)."""
-    n, c, h, w = x.shape
-    g = min(group_size, n)
-    if n % g:
-        raise ValueError(f"batch size {n} must be divisible by the minibatch-std group size {g}")
-    y = x.view(g, -1, c, h, w)
-    y = (y - y.mean(0)).pow(2).mean(0).add(eps).sqrt().mean(dim=(1, 2, 3))
-    y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)
-    return torch.cat([x, y], dim=1)
-
-
-class StyleGANDiscriminator(nn.Module):
-    """GenForce StyleGAN discriminator (lod 0): from-RGB at the top, conv blocks down to 4x4, mbstd, two dense."""
-
-    def __init__(
-        self,
-        resolution,
-        image_channels=3,
-        label_size=0,
-        fused_scale="auto",
-        minibatch_std_group_size=4,
-        fmaps_base=16384,
-        fmaps_max=512,
-    ):
-        super().__init__()
-        self.resolution, self.label_size, self.group_size = resolution, label_size, minibatch_std_group_size
-        self.settings = dict(
-            resolution=resolution,
-            image_channels=image_channels,
-            label_size=label_size,
-            fused_scale=fused_scale,
-            minibatch_std_group_size=minibatch_std_group_size,
-            fmaps_base=fmaps_base,
-            fmaps_max=fmaps_max,
-        )
-        self.num_blocks = int(math.log2(resolution)) - 1
-        self.register_buffer("lod", torch.zeros(()))
-        for b in range(self.num_blocks):
-            res = resolution // 2**b
-            nf = channels_at(res, fmaps_base, fmaps_max)
-            setattr(self, f"input{b}", Conv(image_channels, nf, 1))
-            if res > 4:
-                fused = res >= 128 if fused_scale == "auto" else bool(fused_scale)
-                setattr(self, f"layer{2 * b}", Conv(nf, nf, 3))
-                setattr(
-                    self, f"layer{2 * b + 1}", DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max), fused)
-                )
-            else:
-                setattr(self, f"layer{2 * b}", Conv(nf + 1, nf, 3))
-                setattr(self, f"layer{2 * b + 1}", DenseLayer(nf * 16, channels_at(2, fmaps_base, fmaps_max)))
-                setattr(
-                    self,
-                    f"layer{2 * b + 2}",
-                    DenseLayer(channels_at(2, fmaps_base, fmaps_max), max(label_size, 1), gain=1.0, activate=False),
-                )
-
-    def features(self, image):
-        """Activations before the last dense layer (nf(2) per sample), for projection conditioning."""
-        if float(self.lod) != 0.0:
-            raise ValueError(f"lod is {float(self.lod)}: only fully grown discriminators (lod 0) are supported")
-        x = self.input0(image)
-        last = self.num_blocks - 1
-        for b in range(last):
-            x = getattr(self, f"layer{2 * b + 1}")(getattr(self, f"layer{2 * b}")(x))
-        x = getattr(self, f"layer{2 * last}")(minibatch_std(x, self.group_size))
-        return getattr(self, f"layer{2 * last + 1}")(x)
-
-    def score(self, features):
-        return getattr(self, f"layer{2 * self.num_blocks}")(features)
-
-    def forward(self, image, label=None):
-        x = self.score(self.features(image))
-        if self.label_size:
-            if label is None:
-                raise ValueError(f"this discriminator is conditional: pass a label of size {self.label_size}")
-            x = (x * label).sum(dim=1, keepdim=True)
-        return x
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------------------
-
-GENERATOR_MARKERS = ("mapping.dense0.weight", "synthesis.layer0.const", "truncation.w_avg")
-
-
-def _strip_module_prefix(state_dict: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def pick_generator_state(ckpt, path) -> dict:
-    """The state dict GenForce samples with: ``generator_smooth`` when present, else ``generator``; bare dicts too."""
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("models"), dict):
-        ckpt = ckpt["models"]  # a GenForce training snapshot
-    if isinstance(ckpt, dict):
-        for key in ("generator_smooth", "generator"):
-            if _is_state_dict(ckpt.get(key)):
-                return _strip_module_prefix(ckpt[key])
-    if _is_state_dict(ckpt):
-        return _strip_module_prefix(ckpt)
-    raise CheckpointError(
-        f"{path}: not a GenForce StyleGAN checkpoint (expected a dict with 'generator' or "
-        "'generator_smooth', or a bare state dict)"
-    )
-
-
-def generator_settings_from_state(sd: dict, path) -> dict:
-    """Infer constructor settings (resolution, widths, mapping depth, label size) from a generator state dict."""
-    missing = [k for k in GENERATOR_MARKERS if k not in sd]
-    if missing:
-        sample = ", ".join(list(sd)[:3])
-        raise CheckpointError(
-            f"{path}: not a GenForce StyleGAN (v1) generator: keys {missing} are missing "
-            f"(it has e.g. {sample}). Check that the file is the StyleGAN checkpoint."
-        )
-    num_blocks = sum(1 for k in sd if k.startswith("synthesis.output") and k.endswith(".weight"))
-    resolution = 4 * 2 ** (num_blocks - 1)
-    mapping_layers = sum(1 for k in sd if k.startswith("mapping.dense") and k.endswith(".weight"))
-    label_size = sd["mapping.label_weight"].shape[0] if "mapping.label_weight" in sd else 0
-    in_dim = sd["mapping.dense0.weight"].shape[1]
-    z_dim = in_dim // 2 if label_size else in_dim
-    w_dim = sd[f"mapping.dense{mapping_layers - 1}.weight"].shape[0]
-    nf_top = sd[f"synthesis.output{num_blocks - 1}.weight"].shape[1]
-    fmaps_max = sd["synthesis.layer0.const"].shape[1]
-    # Fused and unfused up-sampling store the same keys, so GenForce's 'auto' (fused from 128 up) is assumed.
-    return dict(
-        resolution=resolution,
-        z_dim=z_dim,
-        w_dim=w_dim,
-        label_size=label_size,
-        mapping_layers=mapping_layers,
-        mapping_fmaps=sd["mapping.dense0.weight"].shape[0],
-        image_channels=sd[f"synthesis.output{num_blocks - 1}.weight"].shape[0],
-        fmaps_base=nf_top * resolution,
-        fmaps_max=fmaps_max,
-        fused_scale="auto",
-    )
-
-
-def _load_strict(module: nn.Module, sd: dict, path, what: str) -> None:
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:4]
-        raise CheckpointError(f"{path}: {what} weights do not fit the network: {' '.join(lines)}") from exc
-
-
-def generator_from_checkpoint(ckpt, path, expected_resolution: int | None = None) -> StyleGANGenerator:
-    sd = pick_generator_state(ckpt, path)
-    settings = generator_settings_from_state(sd, path)
-    if expected_resolution is not None and settings["resolution"] != expected_resolution:
-        raise CheckpointError(
-            f"{path}: this generator draws {settings['resolution']}x{settings['resolution']} "
-            f"images but the config asks for {expected_resolution}; fix 'resolution' in the "
-            "config or use the matching checkpoint"
-        )
-    gen = StyleGANGenerator(**settings)
-    _load_strict(gen, sd, path, "generator")
-    return gen.eval()
-
-
-def discriminator_from_checkpoint(ckpt, path) -> StyleGANDiscriminator:
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("models"), dict):
-        ckpt = ckpt["models"]
-    sd = ckpt.get("discriminator") if isinstance(ckpt, dict) and "discriminator" in ckpt else ckpt
-    if not _is_state_dict(sd) or "input0.weight" not in _strip_module_prefix(sd):
-        raise CheckpointError(f"{path}: no GenForce StyleGAN discriminator in this file")
-    sd = _strip_module_prefix(sd)
-    num_blocks = sum(1 for k in sd if k.startswith("input") and k.endswith(".weight"))
-    resolution = 4 * 2 ** (num_blocks - 1)
-    last = num_blocks - 1
-    disc = StyleGANDiscriminator(
-        resolution,
-        image_channels=sd["input0.weight"].shape[1],
-        label_size=(
-            sd[f"layer{2 * last + 2}.weight"].shape[0] if sd[f"layer{2 * last + 2}.weight"].shape[0] > 1 else 0
-        ),
-        fmaps_base=sd["input0.weight"].shape[0] * resolution,
-        fmaps_max=sd[f"input{last}.weight"].shape[0],
-    )
-    _load_strict(disc, sd, path, "discriminator")
-    return disc.eval()
-
-
-def save_genforce_checkpoint(
-    path: str | Path,
-    generator: StyleGANGenerator,
-    discriminator: StyleGANDiscriminator | None = None,
-    generator_smooth: StyleGANGenerator | None = None,
-    **extra,
-) -> None:
-    """Write GenForce's model-zoo layout (top-level 'generator', 'discriminator', 'generator_smooth')."""
-    ckpt = {"generator": generator.state_dict()}
-    if discriminator is not None:
-        ckpt["discriminator"] = discriminator.state_dict()
-    if generator_smooth is not None:
-        ckpt["generator_smooth"] = generator_smooth.state_dict()
-    ckpt.update(extra)
-    save_torch_atomic(ckpt, path)
+    def save(self, path: str | Path) -> None:
+        """GenForce's model-zoo layout ('generator' at the top), so the file opens in GenForce's own code too."""
+        save_torch_atomic({"generator": self.state_dict()}, path)

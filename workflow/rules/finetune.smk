@@ -1,23 +1,4 @@
-# Stage 6: the property values steer the generator; only the latent path trains.
-
-
-rule property_regressor:
-    input:
-        images="results/generated/images",
-        properties="results/properties.parquet",
-        labels="results/gender/labels.parquet",
-    output:
-        model="results/models/property_regressor.pth",
-        metrics="results/finetune/regressor_metrics.json",
-    params:
-        settings=config["finetune"]["regressor"],
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        "logs/property_regressor.log",
-    script:
-        "../scripts/property_regressor.py"
+# Stage 6c: the property values steer the generator; only the latent path trains.
 
 
 rule finetune:
@@ -34,6 +15,7 @@ rule finetune:
         # checkpoints and the training log, beside the model: results/finetune/
         work_dir=lambda wildcards, output: str(Path(output[0]).with_name("finetune")),
         kind=config["generator"]["kind"],
+        resolution=config["generator"]["resolution"],
         device=config["device"],
         # what the fine-tuned file records about how it was made
         config={key: config[key] for key in ("generator", "finetune")},

@@ -11,6 +11,7 @@ rule generate:
         truth_masks=([directory("results/generated/truth_masks")] if SYNTHETIC else []),
     params:
         kind=config["generator"]["kind"],
+        resolution=config["generator"]["resolution"],
         sha256=config["generator"].get("sha256", ""),
         num_images=config["generate"]["num_images"],
         seed=config["generate"]["seed"],

@@ -2,14 +2,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from vhuman.control import ANIMATIONS, animation, data_rows, load_directions, sweep_grid
+from vhuman.conditional import load_conditional_generator
+from vhuman.directions import load_directions
 from vhuman.io import atomic_path, logging_to, save_png
+from vhuman.pictures import ANIMATIONS, animation, sweep_grid
+from vhuman.properties import property_matrix
 from vhuman.report import animation_page_html
-from vhuman.synthetic import PROPERTY_NAMES
-from vhuman.training import load_conditional_generator
+from vhuman.vocabulary import PROPERTY_NAMES
 
 with logging_to(snakemake.log[0]):
-    rows = data_rows(pd.read_parquet(snakemake.input.properties))
+    rows = property_matrix(pd.read_parquet(snakemake.input.properties))
     finetuned = load_conditional_generator(snakemake.input.finetuned)
     directions = load_directions(snakemake.input.directions, finetuned.base)
     seeds = list(snakemake.params.seeds)

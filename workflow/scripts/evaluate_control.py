@@ -1,20 +1,21 @@
 import pandas as pd
 import torch
 
-from vhuman.control import data_rows, evaluate, load_directions
+from vhuman.conditional import load_conditional_generator
+from vhuman.directions import load_directions
+from vhuman.evaluation import evaluate
 from vhuman.gender import load_ensemble, predict_images
-from vhuman.generate import pick_device
 from vhuman.io import logging_to, to_uint8, write_json
-from vhuman.properties import measure_properties
+from vhuman.properties import measure_properties, property_matrix
+from vhuman.runtime import pick_device
 from vhuman.segmentation import Parser
-from vhuman.synthetic import PROPERTY_NAMES
-from vhuman.training import load_conditional_generator
+from vhuman.vocabulary import PROPERTY_NAMES
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.params.device)
     settings = snakemake.params.settings
-    rows = data_rows(pd.read_parquet(snakemake.input.properties))
+    rows = property_matrix(pd.read_parquet(snakemake.input.properties))
     finetuned = load_conditional_generator(snakemake.input.finetuned).to(device)
     open_loop = load_conditional_generator(snakemake.input.finetuned, closed_loop_steps=0).to(device)
     directions = load_directions(snakemake.input.directions, finetuned.base).to(device)

@@ -1,19 +1,18 @@
 import pandas as pd
 import torch
 
-from vhuman.gender import load_images
-from vhuman.generate import pick_device
+from vhuman.finetune import FinetuneSettings, finetune
 from vhuman.generators import load_generator
-from vhuman.io import load_torch_file, logging_to, sha256_file
+from vhuman.io import load_image_batch, load_torch_file, logging_to, sha256_file
 from vhuman.regressor import load_regressor
-from vhuman.training import FinetuneSettings, finetune
+from vhuman.runtime import pick_device
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    base = load_generator(snakemake.input.generator, kind=snakemake.params.kind)
+    base = load_generator(snakemake.input.generator, snakemake.params.kind, snakemake.params.resolution)
     properties = pd.read_parquet(snakemake.input.properties)
     directions = load_torch_file(snakemake.input.directions, what="latent directions")
-    images = load_images(snakemake.input.images, list(properties["image_id"]), base.resolution)
+    images = load_image_batch(snakemake.input.images, list(properties["image_id"]), base.resolution)
     record = {
         "base_checkpoint": snakemake.input.generator,
         "base_sha256": sha256_file(snakemake.input.generator),

@@ -7,7 +7,7 @@ from vhuman.io import logging_to, verify_sha256
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     verify_sha256(snakemake.input.checkpoint, snakemake.params.sha256)
-    generator = load_generator(snakemake.input.checkpoint, kind=snakemake.params.kind)
+    generator = load_generator(snakemake.input.checkpoint, snakemake.params.kind, snakemake.params.resolution)
     synthetic = bool(snakemake.output.truth)
     generate_images(
         generator,

@@ -2,11 +2,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from vhuman.control import directions_layer_mask, fit_directions
-from vhuman.generate import pick_device
+from vhuman.directions import directions_layer_mask, fit_directions
 from vhuman.generators import load_generator
 from vhuman.io import column_vectors, logging_to, save_torch_atomic, write_json
 from vhuman.regressor import load_regressor
+from vhuman.runtime import pick_device
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -15,7 +15,7 @@ with logging_to(snakemake.log[0]):
     directions = fit_directions(
         latents, pd.read_parquet(snakemake.input.properties), pd.read_parquet(snakemake.input.labels)
     )
-    base = load_generator(snakemake.input.generator, kind=snakemake.params.kind).to(device)
+    base = load_generator(snakemake.input.generator, snakemake.params.kind, snakemake.params.resolution).to(device)
     critic = load_regressor(snakemake.input.regressor).to(device)
     # Which layers each direction acts through, seen by the critic on the first images' codes.
     probe = torch.from_numpy(column_vectors(latents, "w")[: snakemake.params.layer_probe_images]).float().to(device)

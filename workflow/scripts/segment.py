@@ -1,8 +1,8 @@
 import pandas as pd
 import torch
 
-from vhuman.generate import pick_device
 from vhuman.io import logging_to, verify_sha256
+from vhuman.runtime import pick_device
 from vhuman.segmentation import Parser, segment_images
 
 with logging_to(snakemake.log[0]):

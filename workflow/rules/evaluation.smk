@@ -1,27 +1,4 @@
-# Stage 7: controlled generation, the latent-directions baseline, and the evaluation of both.
-
-
-rule latent_directions:
-    input:
-        generator=generator_checkpoint(),
-        latents="results/generated/latents.parquet",
-        properties="results/properties.parquet",
-        labels="results/gender/labels.parquet",
-        regressor="results/models/property_regressor.pth",
-    output:
-        directions="results/directions/directions.pth",
-        layers="results/directions/layers.json",
-    params:
-        kind=config["generator"]["kind"],
-        device=config["device"],
-        layer_probe_images=config["directions"]["layer_probe_images"],
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        "logs/latent_directions.log",
-    script:
-        "../scripts/latent_directions.py"
+# Stage 7: controlled generation and the evaluation of the fine-tuned generator against the directions baseline.
 
 
 rule controlled_pictures:

@@ -1,0 +1,275 @@
+"""Stage 6b: latent directions: the linear property model in W, its per-layer edit, and the controllers built on it.
+
+``fit_directions`` fits, per property (and for p(female)), a ridge line property ~ w on the generated images; the
+edit moves w to the least-norm point where that model reads the requested values, each direction only on the
+layers it acts through (``direction_layers``). ``DirectionsController`` is the InterFaceGAN-style baseline;
+``ClosedLoop`` refines any controller's codes through the image with a frozen critic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from vhuman.io import column_vectors, load_torch_file
+from vhuman.latents import truncate
+from vhuman.regressor import PropertyRegressor
+from vhuman.vocabulary import PROPERTY_NAMES
+
+
+def move_to_linear_target(
+    w: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    gram_inv: torch.Tensor,
+    target: torch.Tensor,
+    layer_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The latent-directions edit, per layer: the least-norm move after which the linear property model
+    ``weights @ w + bias`` reads ``target`` on each row's own layers; with every row on every layer it is
+    ``A^T (A A^T)^-1 (target - (A w + b))`` on w. ``gram_inv`` comes from ``masked_gram_inv(weights, layer_mask)``.
+    Returns wp [N, L, w_dim]."""
+    gap = target - (w @ weights.t() + bias)
+    return w.unsqueeze(1) + layer_step(gap @ gram_inv, weights, layer_mask)
+
+
+def layer_step(coef: torch.Tensor, weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Tensor:
+    """The per-layer move [N, L, w_dim]: row r of ``weights`` scaled by ``coef[:, r]`` on the layers where
+    ``layer_mask[r]`` is 1. With a mask of ones it is the same move of w on every layer."""
+    return torch.einsum("nr,rl,rw->nlw", coef, layer_mask.to(coef.dtype), weights)
+
+
+def masked_gram_inv(weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Tensor:
+    """(A A^T ⊙ overlap)^-1, overlap[r, s] = shared layers of rows r and s / layers of row r: the least-norm
+    per-layer move that sets each row's linear reading (its direction's mean over its own layers) to a target.
+    With every row on every layer it is (A A^T)^-1; rows on disjoint layers do not mix."""
+    mask = layer_mask.to(weights.dtype)
+    overlap = (mask @ mask.t()) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.linalg.inv((weights @ weights.t()) * overlap)
+
+
+def critic_reading(critic: PropertyRegressor, images: torch.Tensor, rows: int) -> torch.Tensor:
+    """What the critic reads for the first ``rows`` direction rows: the properties, then p(female)."""
+    read, female_logit = critic(images)
+    return torch.cat([read, torch.sigmoid(female_logit)[:, None]], dim=1)[:, :rows]
+
+
+def layer_mask_or_ones(mask: torch.Tensor | None, rows: int, num_layers: int | None) -> torch.Tensor:
+    """A copy of ``mask`` [rows, L]; without one, every row on every layer (directions files from before the
+    per-layer search)."""
+    if mask is None:
+        if num_layers is None:
+            raise ValueError("give a layer mask or the number of layers")
+        return torch.ones(rows, num_layers)
+    return mask.float().clone()
+
+
+class ClosedLoop(nn.Module):
+    """Feedback through the image: draw, let the frozen critic read the properties off the picture, and move the
+    codes along the linear property directions (each on its own layers) by the gap between requested and read
+    values; ``steps`` times.
+
+    The move is the latent-directions edit with the critic's reading in place of the linear model's, so the codes
+    only ever move within the span of the directions: too few dimensions for the critic's blind spots to be found.
+    Rows of the directions after the properties (the female row) read the critic's p(female).
+    """
+
+    def __init__(
+        self,
+        critic: PropertyRegressor,
+        weights: torch.Tensor,
+        fixed_targets: torch.Tensor,
+        steps: int,
+        layer_mask: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ):
+        super().__init__()
+        if len(weights) != len(PROPERTY_NAMES) + len(fixed_targets) or len(fixed_targets) > 1:
+            raise ValueError(
+                f"{len(weights)} direction rows with {len(fixed_targets)} fixed targets: expected one row per "
+                "property, optionally followed by the female row"
+            )
+        self.critic = critic.eval().requires_grad_(False)
+        self.register_buffer("weights", weights.float().clone())
+        self.register_buffer("fixed_targets", fixed_targets.float().clone())
+        self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), num_layers))
+        self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
+        self.steps = int(steps)
+
+    def forward(self, wp: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
+        """``draw(wp)`` renders wp [N, L, w_dim]; returns wp after ``steps`` corrections."""
+        wanted = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
+        for _ in range(self.steps):
+            gap = wanted - critic_reading(self.critic, draw(wp), len(self.weights))
+            wp = wp + layer_step(gap @ self.gram_inv, self.weights, self.layer_mask)
+        return wp
+
+    def record(self) -> dict:
+        """What a checkpoint needs to rebuild this loop (the directions are stored with the mapping)."""
+        return {
+            "steps": self.steps,
+            "critic": {"width": self.critic.width, "input_size": self.critic.input_size},
+            "critic_state_dict": self.critic.state_dict(),
+        }
+
+
+class Controller(nn.Module):
+    """Something that turns (z, property vector) into per-layer codes and draws them with the frozen base
+    synthesis, optionally refined in closed loop. Subclasses set ``base``, ``num_layers`` and ``closed_loop`` (a
+    ClosedLoop or None) and define ``mapping(z, c)`` -> wp [N, L, w_dim] before truncation."""
+
+    @property
+    def w_avg(self):
+        return self.base.w_avg
+
+    def wp(self, z, c, psi=1.0, layers=None):
+        wp = self.mapping(z, c)
+        if self.closed_loop is not None and self.closed_loop.steps > 0:
+            wp = self.closed_loop(
+                wp, c, lambda v: self.synthesis(truncate(v, self.w_avg, self.num_layers, psi, layers))
+            )
+        return truncate(wp, self.w_avg, self.num_layers, psi, layers)
+
+    def synthesis(self, wp):
+        return self.base.synthesis(wp)
+
+    def forward(self, z, c, psi=1.0):
+        return self.synthesis(self.wp(z, c, psi))
+
+
+class DirectionsController(Controller):
+    """Base generator + linear property directions in W (least squares on the property table).
+
+    For a requested property vector c, w moves to the nearest point (in the least-norm sense) where the linear
+    model reads exactly c: ``w' = w + A^T (A A^T)^-1 (c - (A w + b))``. Rows of A beyond the properties (the
+    gender score) are set to their ``fixed_targets`` (female) in the same move, so that setting a property does
+    not change the gender on the way. With a ``layer_mask`` (``direction_layers``) each direction moves only the
+    layers it acts through. With ``closed_loop`` the edit is then refined through the image.
+    """
+
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        weights: torch.Tensor,
+        bias: torch.Tensor,
+        fixed_targets: torch.Tensor | None = None,
+        closed_loop: ClosedLoop | None = None,
+        layer_mask: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.base = base.eval().requires_grad_(False)
+        self.register_buffer("weights", weights.float())  # [P + H, w_dim]
+        self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), base.num_layers))
+        self.register_buffer("bias", bias.float())
+        self.register_buffer("fixed_targets", (torch.zeros(0) if fixed_targets is None else fixed_targets).float())
+        self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
+        self.closed_loop = closed_loop
+        self.z_dim, self.w_dim, self.num_layers = base.z_dim, base.w_dim, base.num_layers
+        self.resolution, self.property_names = base.resolution, PROPERTY_NAMES
+
+    def mapping(self, z, c):
+        target = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
+        return move_to_linear_target(
+            self.base.mapping(z), self.weights, self.bias, self.gram_inv, target, self.layer_mask
+        )
+
+
+def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    w_mean, y_mean = w.mean(0), y.mean()
+    wc = w - w_mean
+    coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))
+    return coef, float(y_mean - coef @ w_mean)
+
+
+def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | None = None, ridge: float = 1e-2) -> dict:
+    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid;
+    with ``labels`` (p_female of every generated image) also a gender row, whose target is 1 (female).
+
+    Returns ``weights`` [P (+1), w_dim], ``bias`` and ``fixed_targets`` (the targets of the rows after the
+    properties), as tensors, and ``rows`` (their names).
+    """
+    ids = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()}).reset_index()
+    w_all = column_vectors(latents, "w").astype(np.float64)
+    merged = ids.merge(properties, on="image_id")
+    weights, bias = [], []
+    for name in PROPERTY_NAMES:
+        valid = merged[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
+        if valid.sum() < 3:
+            raise ValueError(f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction")
+        coef, b = _ridge_line(w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(), ridge)
+        weights.append(coef)
+        bias.append(b)
+    rows, fixed = list(PROPERTY_NAMES), []
+    if labels is not None:
+        gender = ids.merge(labels[["image_id", "p_female"]], on="image_id")
+        coef, b = _ridge_line(w_all[gender["index"].to_numpy()], gender["p_female"].to_numpy(np.float64), ridge)
+        weights.append(coef)
+        bias.append(b)
+        rows.append("female")
+        fixed.append(1.0)
+    return {
+        "weights": torch.tensor(np.stack(weights)),
+        "bias": torch.tensor(np.array(bias)),
+        "fixed_targets": torch.tensor(fixed, dtype=torch.float64),
+        "rows": rows,
+    }
+
+
+def direction_layers(
+    read,
+    w: torch.Tensor,
+    weights: torch.Tensor,
+    num_layers: int,
+    size: float = 0.25,
+    keep: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which layers each direction acts through: a mask [R, L] and the measured effects [R, L].
+
+    For each row r of ``weights`` and each layer, the move along row r that shifts its linear reading by ±``size``
+    is applied at that layer alone to the codes ``w`` [N, w_dim], and ``read(wp)`` [N, R] reads the result; the
+    effect is how far row r's reading moves per unit of the edit. A layer is kept for a row when its effect is at
+    least ``keep`` of that row's largest; an edit elsewhere would only move what the row does not measure (in
+    StyleGAN, colour lives in the fine layers and pose in the coarse ones).
+    """
+    rows = len(weights)
+    effect = torch.zeros(rows, num_layers)
+    for r in range(rows):
+        coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
+        coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
+        for layer in range(num_layers):
+            only = torch.zeros(rows, num_layers, device=w.device)
+            only[r, layer] = 1
+            step = layer_step(coef, weights, only)
+            with torch.inference_mode():
+                gain = read(w.unsqueeze(1) + step)[:, r] - read(w.unsqueeze(1) - step)[:, r]
+            effect[r, layer] = (gain.mean() / (2 * size)).abs().cpu()
+    mask = (effect >= keep * effect.amax(dim=1, keepdim=True)) & (effect > 0)
+    mask[~mask.any(dim=1)] = True  # a row the reader cannot see at all keeps every layer
+    return mask.float(), effect
+
+
+def directions_layer_mask(
+    base: torch.nn.Module, critic, weights: torch.Tensor, probe_w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``direction_layers`` with the critic as the reader, on the codes ``probe_w`` [N, w_dim]; rows after the
+    properties (the female row) keep every layer: a female look is hair, lips and brows as much as the face's
+    shape, and the critic's p(female), already near 1, shows too little of that to the probe."""
+
+    def read(wp):
+        return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), len(weights))
+
+    mask, effect = direction_layers(read, probe_w, weights, base.num_layers)
+    mask[len(PROPERTY_NAMES) :] = 1
+    return mask, effect
+
+
+def load_directions(path: str | Path, base: torch.nn.Module, closed_loop: ClosedLoop | None = None):
+    """The baseline from ``results/directions/directions.pth``, optionally refined in closed loop."""
+    ckpt = load_torch_file(path, what="latent directions")
+    return DirectionsController(
+        base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop, ckpt.get("layer_mask")
+    ).eval()

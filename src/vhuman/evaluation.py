@@ -1,0 +1,119 @@
+"""Stage 7: how well a controller obeys. Each property is swept over its range for random z, the drawn faces
+are measured back (by the synthetic world's exact truth, and through the parser and the properties stage), and
+the report gives Pearson r, MAE, the share of z that pass, and how much everything else moves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vhuman.synthetic import NUISANCE_NAMES, PARAM_INDEX
+from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
+
+PROPERTY_COLUMNS = [PARAM_INDEX[n] for n in PROPERTY_NAMES]
+
+
+def truth_of(controller, z: torch.Tensor, c: torch.Tensor, psi: float = 1.0) -> np.ndarray:
+    """Synthetic world: the exact render parameters of what the controller drew, [N, len(PARAM_NAMES)]."""
+    base = controller.base
+    if not hasattr(base, "render_params"):
+        raise TypeError("exact truth exists only for the synthetic world")
+    with torch.inference_mode():
+        return base.render_params(controller.wp(z, c, psi)).cpu().numpy()
+
+
+def nuisance_movement(params: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict[str, float]:
+    """Synthetic world: per swept property, how much the world's unmeasured attributes (skin tone, hair hue,
+    background hue, ...; all in 0..1) move across its levels: the mean over z and attributes of their std."""
+    nuisance = params[:, [PARAM_INDEX[n] for n in NUISANCE_NAMES]]
+    out = {}
+    for k, name in enumerate(PROPERTY_NAMES):
+        per_z = [nuisance[(swept == k) & (z_index == zi)].std(axis=0).mean() for zi in np.unique(z_index[swept == k])]
+        out[name] = float(np.mean(per_z))
+    return out
+
+
+def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict:
+    """Per property: Pearson r and MAE (requested vs measured), share of z passing the cutoff, other properties'
+    movement during the sweep (mean over z and properties of their std across levels, in range units)."""
+    out = {}
+    span = np.array([RANGES[n][1] - RANGES[n][0] for n in PROPERTY_NAMES])
+    for k, name in enumerate(PROPERTY_NAMES):
+        sel = swept == k
+        req, got = requested[sel, k], measured[sel, k]
+        ok = np.isfinite(got)
+        r = float(np.corrcoef(req[ok], got[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+        per_z, movement = [], []
+        for zi in np.unique(z_index[sel]):
+            rows = sel & (z_index == zi)
+            a, b = requested[rows, k], measured[rows, k]
+            fine = np.isfinite(b)
+            per_z.append(np.corrcoef(a[fine], b[fine])[0, 1] if fine.sum() > 2 and np.std(b[fine]) > 0 else 0.0)
+            others = np.delete(measured[rows], k, axis=1) / np.delete(span, k)
+            movement.append(np.nanmean(np.nanstd(others, axis=0)))
+        cutoff = CUTOFFS.get(name, DEFAULT_CUTOFF)
+        out[name] = {
+            "pearson_r": r,
+            "mae": float(np.mean(np.abs(req[ok] - got[ok]))) if ok.any() else float("nan"),
+            "valid_share": float(ok.mean()),
+            "cutoff": cutoff,
+            "share_of_z_passing": float(np.mean(np.array(per_z) >= cutoff)),
+            "other_properties_movement": float(np.nanmean(movement)),
+        }
+    return out
+
+
+def evaluate(
+    controller,
+    rows: np.ndarray,
+    num_z: int,
+    levels: int,
+    seed: int,
+    measure_images=None,
+    female_rate=None,
+    with_truth: bool = False,
+    batch: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Sweep each property over ``levels`` values for ``num_z`` random z, the others drawn once per z from data."""
+    rng = np.random.default_rng(seed)
+    z_all = torch.randn(num_z, controller.z_dim, generator=torch.Generator().manual_seed(seed))
+    base_c = rows[rng.integers(0, len(rows), num_z)]
+    requested, z_index, swept = [], [], []
+    for k, name in enumerate(PROPERTY_NAMES):
+        lo, hi = RANGES[name]
+        for zi in range(num_z):
+            for level in np.linspace(lo, hi, levels):
+                c = base_c[zi].copy()
+                c[k] = level
+                requested.append(c)
+                z_index.append(zi)
+                swept.append(k)
+    requested, z_index, swept = np.array(requested, np.float32), np.array(z_index), np.array(swept)
+    dev = next(controller.buffers()).device
+    truth, parsed, female = [], [], []
+    for s in tqdm(range(0, len(requested), batch), desc="evaluate", disable=not progress):
+        z = z_all[z_index[s : s + batch]].to(dev)
+        c = torch.from_numpy(requested[s : s + batch]).to(dev)
+        with torch.inference_mode():
+            images = controller(z, c)
+        if with_truth:
+            truth.append(truth_of(controller, z, c))
+        if measure_images is not None:
+            parsed.append(measure_images(images))
+        if female_rate is not None:
+            female.append(female_rate(images))
+    result = {"num_z": num_z, "levels": levels, "images": len(requested)}
+    if with_truth:
+        params = np.concatenate(truth)
+        result["truth"] = control_metrics(requested, params[:, PROPERTY_COLUMNS], swept, z_index)
+        for name, value in nuisance_movement(params, swept, z_index).items():
+            result["truth"][name]["unmeasured_attributes_movement"] = value
+        result["female_rate_truth"] = float(np.mean(params[:, PARAM_INDEX["gender"]] > 0.5))
+    if parsed:
+        result["parser"] = control_metrics(requested, np.concatenate(parsed), swept, z_index)
+    if female:
+        result["female_rate"] = float(np.mean(np.concatenate(female)))
+    return result

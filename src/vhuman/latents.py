@@ -1,0 +1,23 @@
+"""Latent codes: z drawn from an image's own seed, and the truncation trick on per-layer codes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def latent_for_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """z ~ N(0, I) from the image's own seed, so any single image can be redrawn alone."""
+    return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def truncate(
+    w: torch.Tensor, w_avg: torch.Tensor, num_layers: int, psi: float = 1.0, layers: int | None = None
+) -> torch.Tensor:
+    """Repeat w [N, w_dim] to wp [N, num_layers, w_dim] (or take wp as it is) and pull the first ``layers``
+    towards ``w_avg``."""
+    wp = w.unsqueeze(1).repeat(1, num_layers, 1) if w.dim() == 2 else w
+    if psi != 1.0 and (layers is None or layers > 0):
+        cut = num_layers if layers is None else min(layers, num_layers)
+        trunc = w_avg.view(1, 1, -1) + (wp[:, :cut] - w_avg.view(1, 1, -1)) * psi
+        wp = torch.cat([trunc, wp[:, cut:]], dim=1)
+    return wp

@@ -1,0 +1,75 @@
+"""The project's vocabulary: face-parsing classes, the property names, their ranges and units.
+
+Every stage speaks these words: the synthetic world renders its truth in them, the properties stage measures them,
+the fine-tune and the evaluation request and score them. Nothing here depends on any other module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# BiSeNet's 19 CelebAMask-HQ classes, in its output order.
+CLASS_NAMES = (
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
+)
+CLASS_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
+# Colours of the classes in palette PNG masks, so a mask can be read by eye.
+LABEL_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [204, 153, 102],
+        [102, 51, 0],
+        [153, 76, 0],
+        [0, 102, 255],
+        [0, 204, 255],
+        [255, 255, 0],
+        [255, 102, 153],
+        [255, 51, 102],
+        [255, 215, 0],
+        [204, 0, 0],
+        [51, 0, 51],
+        [255, 0, 102],
+        [153, 0, 51],
+        [255, 204, 153],
+        [192, 192, 192],
+        [0, 153, 76],
+        [85, 43, 150],
+        [255, 128, 0],
+    ],
+    dtype=np.uint8,
+)
+
+# The controllable properties, in the order of every condition vector.
+PROPERTY_NAMES = ("eyes", "hair_color", "hair_length", "mouth", "background_light", "background_std", "face_pose")
+# Their ranges: face_pose is signed (left -1, front 0, right +1), the others run from 0 to 1.
+RANGES = {name: (-1.0, 1.0) if name == "face_pose" else (0.0, 1.0) for name in PROPERTY_NAMES}
+
+# Units: a property of 1 means this raw measurement (see vhuman.properties for each definition).
+EYE_ASPECT_OPEN = 0.8  # eye height / width of a wide-open eye
+MOUTH_SHARE_OPEN = 0.5  # inner-mouth area / whole-mouth area of a wide-open mouth
+HAIR_LENGTH_SPAN = 1.5  # hair_length 1: hair ends 1.5 brow-to-chin distances below the brows
+BACKGROUND_STD_FULL = 0.1  # background_std 1: luma standard deviation of 0.1
+YAW_FULL = 0.45  # face_pose 1: the nose sits 0.45 half-face-widths right of the face's centre line
+
+
+# Per-z cutoffs on Pearson r when scoring control (the seed project's last values for eyes, mouth and pose).
+CUTOFFS = {"eyes": 0.92, "mouth": 0.88, "face_pose": 0.88}
+DEFAULT_CUTOFF = 0.88

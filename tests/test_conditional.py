@@ -1,0 +1,60 @@
+"""The conditional generator: exact start as the base, the gated edit, per-layer edits on a StyleGAN base."""
+
+import pytest
+import torch
+
+from vhuman.conditional import ConditionalGenerator, ConditionalMapping
+from vhuman.directions import ClosedLoop, directions_layer_mask
+from vhuman.regressor import PropertyRegressor
+from vhuman.stylegan import StyleGANGenerator
+from vhuman.vocabulary import PROPERTY_NAMES
+
+
+@pytest.mark.parametrize("with_directions", [False, True])
+def test_fine_tuned_model_starts_exactly_as_the_base(base, world, directions, with_directions):
+    table = world[0]
+    mapping = ConditionalMapping(
+        base, len(PROPERTY_NAMES), torch.zeros(7), torch.ones(7), directions if with_directions else None
+    )
+    model = ConditionalGenerator(base, mapping)
+    z = torch.randn(4, 512)
+    c = torch.rand(4, 7)
+    with torch.no_grad():
+        assert torch.allclose(model.mapping(z, c), base.mapping(z).unsqueeze(1).expand(-1, 6, -1), atol=1e-5)
+        if with_directions:
+            # Gates open: the mapping makes the baseline's edit, properties and the female row on target.
+            mapping.direction_gate.fill_(1.0)
+            w = model.mapping(z, c)[:, 0]  # every layer alike: this file's directions have no layer mask
+            linear = w.double() @ directions["weights"].t() + directions["bias"]
+            assert torch.allclose(linear[:, :7].float(), c, atol=1e-3)
+            assert torch.allclose(linear[:, 7].float(), torch.ones(4), atol=1e-3)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("cond_mapping.") for n in trainable)  # synthesis frozen
+    assert len(table) == 400
+
+
+def test_stylegan_base_takes_per_layer_edits_and_the_closed_loop():
+    """The real-weights path on a small random StyleGAN: starts as the base, per-layer edits reach only their
+    layers, and the closed loop and the layer search run through its synthesis."""
+    torch.manual_seed(0)
+    gen = StyleGANGenerator(32, fmaps_base=256, fmaps_max=32).eval()
+    layers = gen.num_layers
+    weights = torch.randn(8, 512) / 512**0.5
+    mask = torch.zeros(8, layers)
+    mask[torch.arange(8), torch.arange(8) % 4] = 1  # the fine layers (4 and up) get no direction
+    directions = {"weights": weights, "bias": torch.zeros(8), "fixed_targets": torch.ones(1), "layer_mask": mask}
+    mapping = ConditionalMapping(gen, 7, torch.zeros(7), torch.ones(7), directions)
+    critic = PropertyRegressor(width=8, input_size=32)
+    loop = ClosedLoop(critic, weights, torch.ones(1), steps=1, layer_mask=mask)
+    model = ConditionalGenerator(gen, mapping, closed_loop=loop)
+    z, c = torch.randn(2, 512), torch.rand(2, 7)
+    with torch.no_grad():
+        assert torch.allclose(mapping(z, c), gen.mapping(z).unsqueeze(1).expand(-1, layers, -1), atol=1e-5)
+        mapping.direction_gate.fill_(1.0)
+        moved = (mapping(z, c) - gen.mapping(z).unsqueeze(1)).abs().amax(dim=(0, 2))
+        assert torch.all(moved[4:] < 1e-5) and torch.all(moved[:4] > 0)
+        assert model(z, c).shape == (2, 3, 32, 32)
+
+    found, effect = directions_layer_mask(gen, critic, weights, gen.mapping(z).detach())
+    assert found.shape == effect.shape == (8, layers) and torch.all(found.sum(1) >= 1)
+    assert torch.all(found[7] == 1)  # the female row keeps every layer

@@ -1,0 +1,100 @@
+"""One source of defaults: config/config.yaml, checked against its schema, the real config, the settings classes
+and config/README.md."""
+
+import dataclasses
+import re
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import REPO, default_config
+from vhuman.finetune import FinetuneSettings
+from vhuman.gender import ClassifierSettings
+from vhuman.regressor import RegressorSettings
+from vhuman.segmentation import ParserSettings
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+REAL = yaml.safe_load((REPO / "config" / "stylegan_celeba_partial256.yaml").read_text())
+REAL_ONLY = {"url", "sha256"}  # download link and recorded hash: real weights only
+
+
+def objects(schema: dict, path: str = ""):
+    """Every object schema with its dotted path."""
+    if schema.get("type") == "object" and "properties" in schema:
+        yield path, schema
+        for key, sub in schema["properties"].items():
+            yield from objects(sub, f"{path}.{key}".lstrip("."))
+
+
+def leaves(config: dict, path: str = ""):
+    for key, value in config.items():
+        dotted = f"{path}.{key}".lstrip(".")
+        if isinstance(value, dict):
+            yield from leaves(value, dotted)
+        else:
+            yield dotted
+
+
+def merged(base: dict, over: dict) -> dict:
+    """Snakemake's merge of --configfile over the Snakefile's config/config.yaml."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def section(config: dict, path: str):
+    for part in filter(None, path.split(".")):
+        config = config[part]
+    return config
+
+
+def test_the_schema_holds_no_defaults_and_requires_every_key():
+    assert "default" not in (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    for path, obj in objects(SCHEMA):
+        assert set(obj.get("required", [])) == set(obj["properties"]) - REAL_ONLY, path
+        assert obj.get("additionalProperties") is False, f"{path or 'top level'} accepts unknown keys"
+
+
+def test_the_default_config_has_exactly_the_schema_keys():
+    config = default_config()
+    for path, obj in objects(SCHEMA):
+        values = section(config, path)
+        assert set(values) == set(obj["properties"]) - REAL_ONLY, path
+
+
+@pytest.mark.parametrize("name", ["default", "real"])
+def test_both_configs_validate(name):
+    config = default_config() if name == "default" else merged(default_config(), REAL)
+    jsonschema.validate(config, SCHEMA)
+    if name == "real":
+        assert config["generator"]["resolution"] == 256 and config["generator"]["kind"] == "genforce"
+
+
+@pytest.mark.parametrize(
+    "cls, path",
+    [
+        (FinetuneSettings, "finetune.train"),
+        (RegressorSettings, "finetune.regressor"),
+        (ClassifierSettings, "gender_cnn"),
+        (ParserSettings, "segmentation.world_parser"),
+    ],
+)
+def test_settings_classes_take_their_section_and_hold_no_defaults(cls, path):
+    fields = dataclasses.fields(cls)
+    assert {f.name for f in fields} == set(section(default_config(), path))
+    assert all(f.default is dataclasses.MISSING for f in fields), f"{cls.__name__} has a competing default"
+    cls(**section(default_config(), path))
+
+
+def test_config_readme_documents_every_key():
+    readme = (REPO / "config" / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for key in set(leaves(default_config())) | set(leaves(REAL)):
+        head, _, leaf = key.rpartition(".")
+        documented = any(
+            f"`{key}`" in row or (f"`{head}." in row and re.search(rf"\b{leaf}\b", row)) or f"`{head}.*`" in row
+            for row in rows
+        )
+        assert documented, f"config/README.md does not document {key}"

@@ -1,0 +1,120 @@
+"""Latent directions: the fitted linear model, its per-layer edit, the layer search and the closed loop."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from vhuman.directions import (
+    ClosedLoop,
+    DirectionsController,
+    direction_layers,
+    fit_directions,
+)
+from vhuman.generators import SYNTHETIC_LAYER_OF
+from vhuman.io import vectors_column
+from vhuman.latents import truncate
+from vhuman.pictures import draw_conditions
+from vhuman.regressor import PropertyRegressor
+from vhuman.synthetic import PARAM_INDEX
+from vhuman.vocabulary import PROPERTY_NAMES
+
+# A layer mask for the eight direction rows that leaves layer 5 to no row.
+SOME_LAYERS = torch.zeros(8, 6)
+for _row, _layer in enumerate([2, 4, 1, 3, 0, 0, 0, 0]):
+    SOME_LAYERS[_row, _layer] = 1
+
+
+def test_directions_baseline_reaches_linear_targets(base, world):
+    table, w, _ = world
+    latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
+    fit = fit_directions(latents, table)
+    weights, bias = fit["weights"], fit["bias"]
+    ctrl = DirectionsController(base, weights, bias)
+    z = torch.randn(6, 512)
+    c = draw_conditions({"eyes": 0.9}, table[list(PROPERTY_NAMES)].to_numpy(np.float32), 6, seed=0)
+    with torch.no_grad():
+        w2 = ctrl.mapping(z, c)[:, 0]
+    linear = w2.double() @ weights.t() + bias
+    assert torch.allclose(linear.float(), c, atol=1e-3)
+
+
+class LinearCritic(torch.nn.Module):
+    """Reads each row as an exact linear function of the codes of its own layers (their mean), and p(female) as
+    another: what the closed loop's step assumes, so its steps must land on the requested values."""
+
+    width, input_size = 8, 64
+
+    def __init__(self, weights, bias, layer_mask):
+        super().__init__()
+        self.weights, self.bias = weights.float(), bias.float()
+        self.share = layer_mask / layer_mask.sum(1, keepdim=True)
+
+    def forward(self, wp):
+        reading = torch.einsum("rl,nlw,rw->nr", self.share, wp, self.weights) + self.bias
+        return reading[:, :7], torch.logit(reading[:, 7].clamp(1e-4, 1 - 1e-4))
+
+
+@pytest.mark.parametrize("layers", ["all", "some"])
+def test_closed_loop_lands_on_the_request_when_the_critic_is_linear(base, directions, layers):
+    weights, bias = directions["weights"].float(), directions["bias"].float()
+    mask = torch.ones(8, 6) if layers == "all" else SOME_LAYERS
+    critic = LinearCritic(weights, bias, mask)
+    fixed = torch.tensor([0.9])  # inside (0, 1), where the female reading is exact
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(5, 512, generator=g), torch.rand(5, 7, generator=g)
+    wp0 = base.mapping(z).unsqueeze(1).repeat(1, 6, 1)
+
+    def draw(wp):  # the "image" of wp is wp itself, so that the critic can read it linearly
+        return wp
+
+    # A start whose female reading lies outside (0, 1) is clamped by the critic and only moves by the clamped gap
+    # per step; once inside, one step lands exactly. 50 steps cover any start of these codes.
+    loop = ClosedLoop(critic, weights, fixed, steps=50, layer_mask=mask)
+    wp = loop(wp0, c, draw)
+    read, female_logit = critic(wp)
+    assert torch.allclose(read, c, atol=1e-3)
+    assert torch.allclose(torch.sigmoid(female_logit), fixed.expand(5), atol=1e-3)
+    assert not torch.allclose(critic(wp0)[0], c, atol=0.1)  # it had somewhere to go
+    if layers == "some":  # a layer no row acts through stays as it was
+        unused = mask.sum(0) == 0
+        assert torch.equal(wp[:, unused], wp0[:, unused])
+    assert torch.equal(ClosedLoop(critic, weights, fixed, steps=0, layer_mask=mask)(wp0, c, draw), wp0)
+    with pytest.raises(ValueError, match="direction rows"):
+        ClosedLoop(critic, weights[:5], fixed, steps=1, layer_mask=mask[:5])
+
+
+def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_baseline(base, directions):
+    weights, bias, fixed = directions["weights"], directions["bias"], directions["fixed_targets"]
+    loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=0, num_layers=6)
+    plain = DirectionsController(base, weights, bias, fixed)
+    looped = DirectionsController(base, weights, bias, fixed, closed_loop=loop)
+    z, c = torch.randn(3, 512), torch.rand(3, 7)
+    with torch.no_grad():
+        assert torch.equal(plain(z, c), looped(z, c))
+        loop.steps = 1
+        assert not torch.equal(plain(z, c), looped(z, c))
+
+
+def test_direction_layers_find_the_layer_each_property_lives_on(base, directions):
+    weights = directions["weights"].float()
+    columns = [PARAM_INDEX[n] for n in (*PROPERTY_NAMES, "gender")]
+
+    def read_truth(wp):  # the exact properties and p(female) of the drawn faces
+        return base.render_params(truncate(wp, base.w_avg, base.num_layers))[:, columns]
+
+    mask, effect = direction_layers(read_truth, base.mapping(torch.randn(32, 512)), weights, base.num_layers)
+    home = {name: layer for layer, names in SYNTHETIC_LAYER_OF.items() for name in names}
+    expected = torch.zeros(8, 6)
+    for row, name in enumerate((*PROPERTY_NAMES, "gender")):
+        expected[row, home[name]] = 1
+    expected[PROPERTY_NAMES.index("hair_length"), home["gender"]] = 1  # in this world, women's hair is longer
+    assert torch.equal(mask, expected), effect
+    # The baseline with that mask: asking for other eyes moves only the eyes' layer.
+    ctrl = DirectionsController(base, weights, directions["bias"], directions["fixed_targets"], layer_mask=mask)
+    z, c = torch.randn(4, 512), torch.rand(4, 7)
+    other = c.clone()
+    other[:, 0] = 1 - c[:, 0]
+    with torch.no_grad():
+        moved = (ctrl.mapping(z, other) - ctrl.mapping(z, c)).abs().amax(dim=(0, 2))
+    assert moved[home["eyes"]] > 0.1 and torch.all(moved[torch.arange(6) != home["eyes"]] < 1e-5)

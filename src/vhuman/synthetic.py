@@ -192,7 +192,8 @@ class _Canvas:
 
 
 class _Head:
-    """Where the face sits and how it is turned; the geometry every part is drawn from."""
+    """Where the face sits and how it is turned; the geometry every part is drawn from. The parts fill in what
+    they derive (shoulders, skin, the hair's cap) in drawing order, so the autograd graph is built in that order."""
 
     def __init__(self, cv: _Canvas):
         P, x, y = cv.P, cv.x, cv.y
@@ -201,15 +202,6 @@ class _Head:
         self.fw, self.fh = 0.44 * scale, 0.5 * scale
         self.cx, self.cy = -0.05 + 0.1 * P("face_x"), 0.02 + 0.06 * P("face_y")
         self.u, self.v = (x - self.cx) / self.fw, (y - self.cy) / self.fh
-        self.y_sh = self.cy + 1.3 * self.fh  # shoulders
-        self.y_brow = self.cy - 0.33 * self.fh
-        self.y_chin = self.cy + self.fh
-        self.skin = _colour(0.3 + 0.55 * P("skin_light"), 0.03 + 0.07 * P("skin_hue"), torch.full_like(self.pose, 0.45))
-        # The hair's cap over the skull; the hanging hair and the fringe are cut from it.
-        vol = P("hair_volume")
-        self.hair_hw = self.fw * (1.1 + 0.2 * vol)
-        self.head_cy = self.cy - 0.05 * self.fh
-        self.cap = _ellipse_sdf(x, y, self.cx, self.head_cy, self.hair_hw, self.fh * (1.12 + 0.1 * vol))
         self._cv = cv
 
     def hair_rgb(self):
@@ -235,6 +227,7 @@ def _draw_body(cv: _Canvas, h: _Head) -> None:
     """Clothes, ears, the hanging hair and the neck: everything behind the face."""
     P, x, y = cv.P, cv.x, cv.y
     # Clothes below sloping shoulders.
+    h.y_sh = h.cy + 1.3 * h.fh
     cloth_top = h.y_sh + 0.45 * ((x - h.cx) / (2.2 * h.fw)) ** 2 * 2
     cv.put(
         cv.layer(cloth_top - y),
@@ -245,15 +238,23 @@ def _draw_body(cv: _Canvas, h: _Head) -> None:
         ),
         CLASS_ID["cloth"],
     )
+    h.skin = _colour(0.3 + 0.55 * P("skin_light"), 0.03 + 0.07 * P("skin_hue"), torch.full_like(h.pose, 0.45))
     # Ears sit on the face's sides; turning hides the ear on the side the face turns towards.
     ear_a, ear_b = h.fw * (0.13 + 0.08 * P("ear_size")), h.fh * 0.26
     for side, cls in ((-1.0, "l_ear"), (1.0, "r_ear")):
         ex = h.cx + h.fw * (side * 0.98 - 0.25 * h.pose)
         cv.put(cv.layer(_ellipse_sdf(x, y, ex, h.cy + 0.05 * h.fh, ear_a, ear_b)), lambda: h.skin * 0.92, CLASS_ID[cls])
-    # Hair behind the head: the cap hangs down to the hair length, with neck-side gaps.
-    y_hair_end = h.y_brow + HAIR_LENGTH_SPAN * P("hair_length") * (h.y_chin - h.y_brow)
-    band = (x - h.cx).abs() - h.hair_hw
-    hair_sdf = torch.maximum(torch.where(y < h.head_cy, h.cap, band), y - y_hair_end)
+    # Hair behind the head: a cap over the skull that hangs down to the hair length, with neck-side gaps.
+    vol = P("hair_volume")
+    hw = h.fw * (1.1 + 0.2 * vol)
+    head_cy = h.cy - 0.05 * h.fh
+    head_hh = h.fh * (1.12 + 0.1 * vol)
+    h.y_brow = h.cy - 0.33 * h.fh
+    y_chin = h.cy + h.fh
+    y_hair_end = h.y_brow + HAIR_LENGTH_SPAN * P("hair_length") * (y_chin - h.y_brow)
+    h.cap = _ellipse_sdf(x, y, h.cx, head_cy, hw, head_hh)
+    band = (x - h.cx).abs() - hw
+    hair_sdf = torch.maximum(torch.where(y < head_cy, h.cap, band), y - y_hair_end)
     cv.put(cv.layer(hair_sdf), h.hair_rgb, CLASS_ID["hair"])
     # Neck in front of the hanging hair, down to the neckline.
     neck_x = h.cx + 0.1 * h.pose * h.fw

@@ -25,11 +25,27 @@ def default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
 def reference_file(*parts: str) -> Path:
+    """A fixture of the shared reference set beside the repository. A user's clone does not have it (the committed
+    fixtures in tests/fixtures/ prove the same networks there); CI does, so there a missing file fails."""
     path = REFERENCE.joinpath(*parts)
     if not path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference fixture {path} is missing; CI runs with ../shared/reference beside the clone")
         pytest.skip(f"reference fixture {path} is not present beside the repository")
     return path
+
+
+@pytest.fixture(scope="session")
+def reference_outputs() -> dict:
+    """The committed reference outputs (tests/fixtures/README.md says how they were made)."""
+    path = FIXTURES / "reference_outputs.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing from the checkout: the exactness tests cannot run without it")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import reference_file
+from tests.fixtures.seeded_weights import genforce_weights, seeded_input
 from vhuman.discriminator import StyleGANDiscriminator, minibatch_std
 from vhuman.generators import load_generator
 from vhuman.genforce import discriminator_from_checkpoint, save_genforce_checkpoint
@@ -171,3 +172,70 @@ def test_fast_paths_agree_with_the_plain_ones():
     with torch.no_grad():
         expected = gen.synthesis(gen.truncation(gen.mapping(z)))
     assert not torch.allclose(changed, plain) and torch.allclose(changed, expected, atol=1e-5)
+
+
+# ---- committed fixtures: seeded weights, the reference implementation's outputs ---------------------------------
+
+COMPACT = {
+    # name: resolution, our generator's settings, our discriminator's settings, weight seed (as in the fixture README)
+    "stylegan64_fused": (
+        64,
+        dict(z_dim=64, w_dim=64, mapping_fmaps=64, fmaps_base=512, fmaps_max=16, fused_scale=True),
+        dict(fmaps_base=512, fmaps_max=16, fused_scale=True),
+        1,
+    ),
+    "stylegan32_auto": (
+        32,
+        dict(z_dim=64, w_dim=64, mapping_fmaps=64, fmaps_base=256, fmaps_max=16),
+        dict(fmaps_base=256, fmaps_max=16),
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPACT))
+def test_seeded_networks_reproduce_the_reference_outputs(reference_outputs, name, tmp_path):
+    """Fused (transposed-conv / strided) and unfused up- and down-sampling, truncation, the discriminator: our
+    networks, loaded strictly with the seeded weights, give GenForce's numbers."""
+    res, g_kwargs, d_kwargs, seed = COMPACT[name]
+    want = reference_outputs[name]
+    gen = StyleGANGenerator(res, **g_kwargs).eval()
+    gen.load_state_dict(genforce_weights(gen.state_dict(), seed), strict=True)
+    disc = StyleGANDiscriminator(res, **d_kwargs).eval()
+    disc.load_state_dict(genforce_weights(disc.state_dict(), seed + 100), strict=True)
+    z = seeded_input((4, g_kwargs["z_dim"]), seed + 200)
+    with torch.no_grad():
+        w = gen.mapping(z)
+        wp = gen.truncation(w, 0.7, 4)
+        image = gen.synthesis(gen.truncation(w))
+        image_t = gen.synthesis(wp)
+        torch.testing.assert_close(disc(want["image"]), want["d_score"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(disc(want["image_truncated"]), want["d_score_truncated"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(w, want["w"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(wp, want["wp_truncated"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(image, want["image"], atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(image_t, want["image_truncated"], atol=2e-3, rtol=1e-4)
+    as_uint8 = torch.from_numpy(to_uint8(image_t)).permute(0, 3, 1, 2).int()
+    assert (as_uint8 - want["image_truncated_uint8"].int()).abs().max() <= 1
+    # The same weights through the user's path: a model-zoo file, read back by the loader (unfused 'auto' only:
+    # a file does not say whether it was trained with fused up-sampling).
+    if g_kwargs.get("fused_scale", "auto") == "auto":
+        torch.save({"generator": gen.state_dict(), "discriminator": disc.state_dict()}, tmp_path / "zoo.pth")
+        loaded = load_generator(tmp_path / "zoo.pth", resolution=res)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded.synthesis(loaded.truncation(loaded.mapping(z))), want["image"], atol=2e-3, rtol=1e-4
+            )
+
+
+def test_a_wrong_weight_is_caught_by_the_fixture(reference_outputs):
+    """The check can fail: one weight changed a little changes the image beyond the tolerance."""
+    res, g_kwargs, _, seed = COMPACT["stylegan32_auto"]
+    gen = StyleGANGenerator(res, **g_kwargs).eval()
+    weights = genforce_weights(gen.state_dict(), seed)
+    weights["synthesis.layer5.weight"][0, 0, 1, 1] += 0.5
+    gen.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        image = gen.synthesis(gen.truncation(gen.mapping(seeded_input((4, 64), seed + 200))))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(image, reference_outputs["stylegan32_auto"]["image"], atol=2e-3, rtol=1e-4)

@@ -118,3 +118,25 @@ def test_direction_layers_find_the_layer_each_property_lives_on(base, directions
     with torch.no_grad():
         moved = (ctrl.mapping(z, other) - ctrl.mapping(z, c)).abs().amax(dim=(0, 2))
     assert moved[home["eyes"]] > 0.1 and torch.all(moved[torch.arange(6) != home["eyes"]] < 1e-5)
+
+
+def test_a_direction_the_data_could_not_fit_stays_still_and_the_others_still_land(base, world):
+    """A property that is constant on the data has a zero direction; the edit must not fail on the singular Gram
+    matrix, must leave that reading alone, and must still set the other properties."""
+    table, w, _ = world
+    flat = table.copy()
+    flat["mouth"] = 0.3  # constant: its ridge line has zero weights
+    latents = pa.table({"image_id": list(flat["image_id"]), "w": vectors_column(w.numpy())})
+    fit = fit_directions(latents, flat)
+    mouth = PROPERTY_NAMES.index("mouth")
+    assert fit["weights"][mouth].abs().max() < 1e-20
+    with pytest.warns(UserWarning, match=f"rows \\[{mouth}\\] cannot be set"):
+        ctrl = DirectionsController(base, fit["weights"], fit["bias"])
+    z = torch.randn(4, 512, generator=torch.Generator().manual_seed(1))
+    c = torch.rand(4, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        w2 = ctrl.mapping(z, c)[:, 0]
+    linear = (w2.double() @ fit["weights"].t() + fit["bias"]).float()
+    others = [k for k in range(7) if k != mouth]
+    assert torch.allclose(linear[:, others], c[:, others], atol=1e-3)
+    assert torch.all(torch.isfinite(w2))

@@ -45,7 +45,7 @@ def test_regressor_learns_to_read_properties_and_reloads(world_on_disk, tmp_path
     assert not any(p.requires_grad for p in model.parameters())  # a frozen critic
 
 
-@pytest.mark.parametrize("steps", [1, 2, 10])
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 11, 25])
 def test_any_step_count_the_schema_accepts_trains(world_on_disk, tmp_path, steps):
     folder, table, labels = world_on_disk
     settings = RegressorSettings(**{**default_config()["finetune"]["regressor"], "steps": steps, "width": 4})

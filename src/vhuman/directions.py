@@ -8,6 +8,7 @@ layers it acts through (``direction_layers``). ``DirectionsController`` is the I
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.nn as nn
 from vhuman.io import column_vectors, load_torch_file
 from vhuman.latents import truncate
 from vhuman.regressor import PropertyRegressor
-from vhuman.vocabulary import PROPERTY_NAMES
+from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
 
 def move_to_linear_target(
@@ -49,7 +50,20 @@ def masked_gram_inv(weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Te
     With every row on every layer it is (A A^T)^-1; rows on disjoint layers do not mix."""
     mask = layer_mask.to(weights.dtype)
     overlap = (mask @ mask.t()) / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    return torch.linalg.inv((weights @ weights.t()) * overlap)
+    gram = (weights @ weights.t()) * overlap
+    norms = weights.norm(dim=1)
+    dead = (norms <= 1e-9 * norms.max()).nonzero().flatten().tolist()
+    if not dead:
+        try:
+            return torch.linalg.inv(gram)
+        except torch.linalg.LinAlgError:
+            pass
+    # A direction with no weight (a property the data could not fit, e.g. constant on a tiny set) cannot move
+    # anything: the pseudo-inverse leaves it still and sets the others as before.
+    warnings.warn(
+        f"latent direction rows {dead or 'of a singular set'} cannot be set; they stay where they are", stacklevel=2
+    )
+    return torch.linalg.pinv(gram)
 
 
 def critic_reading(critic: PropertyRegressor, images: torch.Tensor, rows: int) -> torch.Tensor:
@@ -199,8 +213,15 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
     for name in PROPERTY_NAMES:
         valid = merged[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
         if valid.sum() < 3:
-            raise ValueError(f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction")
-        coef, b = _ridge_line(w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(), ridge)
+            # Nothing to fit (a parser that finds no such region on these faces): a zero direction, which the
+            # edit leaves still, keeps the rest of the workflow running; the layers file and the report show it.
+            warnings.warn(
+                f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction; it stays unset",
+                stacklevel=2,
+            )
+            coef, b = np.zeros(w_all.shape[1]), float(np.mean(RANGES[name]))
+        else:
+            coef, b = _ridge_line(w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(), ridge)
         weights.append(coef)
         bias.append(b)
     rows, fixed = list(PROPERTY_NAMES), []
@@ -238,6 +259,8 @@ def direction_layers(
     rows = len(weights)
     effect = torch.zeros(rows, num_layers)
     for r in range(rows):
+        if not weights[r].abs().sum() > 0:
+            continue  # a direction that could not be fitted moves nothing
         coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
         coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
         for layer in range(num_layers):

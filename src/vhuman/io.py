@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
+import traceback
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,25 +156,6 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         )
 
 
-def download_file(url: str, path: str | Path, sha256: str = "", timeout: float = 60.0) -> None:
-    """Download ``url`` to ``path`` (atomically), then check its sha256 when one is given."""
-    import urllib.request
-
-    if not url:
-        raise CheckpointError(f"{path}: no download URL is configured; place the file there by hand.")
-    with atomic_path(path) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-        except OSError as exc:
-            raise CheckpointError(
-                f"{path}: download from {url} failed ({exc}). Download it in a browser and "
-                "save it at this path, then rerun."
-            ) from exc
-        verify_sha256(tmp, sha256)
-
-
 class Tee:
     """A text stream that writes to several streams: a rule's log file and the terminal."""
 
@@ -192,16 +175,20 @@ class Tee:
 
 @contextlib.contextmanager
 def logging_to(path: str | Path | None) -> Iterator[None]:
-    """Copy stderr (progress bars, warnings) into a rule's log file while keeping it on the terminal."""
-    import sys
-
+    """Copy stdout and stderr (messages, progress bars, warnings) into a rule's log file while keeping them on the
+    terminal. A failure's traceback goes into the log too, so the file Snakemake points to says what broke (Snakemake
+    itself prints it on the terminal)."""
     if path is None:
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as log:
-        old, sys.stderr = sys.stderr, Tee(sys.stderr, log)
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(old_out, log), Tee(old_err, log)
         try:
             yield
+        except BaseException:
+            log.write(traceback.format_exc())
+            raise
         finally:
-            sys.stderr = old
+            sys.stdout, sys.stderr = old_out, old_err

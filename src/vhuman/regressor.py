@@ -61,6 +61,14 @@ class PropertyRegressor(nn.Module):
         return out[:, :-1], out[:, -1]
 
 
+def lr_schedule(opt: torch.optim.Optimizer, lr: float, steps: int):
+    """One-cycle (10 % warm-up, at least 2.5 steps of it) from 10 steps on; a constant rate for shorter runs, as tiny
+    test settings use, where OneCycleLR's phases would be empty."""
+    if steps < 10:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2.5 / steps)))
+
+
 def train_regressor(
     images_dir: str | Path,
     properties: pd.DataFrame,
@@ -84,7 +92,7 @@ def train_regressor(
     held, train = order[: len(ids) // 10], order[len(ids) // 10 :]
     model = PropertyRegressor(settings.width, settings.input_size)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.1)
+    sched = lr_schedule(opt, settings.lr, settings.steps)
     bar = tqdm(range(settings.steps), desc="property regressor", disable=not progress)
     for step in bar:
         idx = train[torch.randint(0, len(train), (settings.batch_size,), generator=gen)]

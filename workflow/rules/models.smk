@@ -25,6 +25,7 @@ else:
         params:
             url=config["generator"]["url"],
             sha256=config["generator"]["sha256"],
+            archive=None,
         log:
             "logs/download_generator.log",
         script:

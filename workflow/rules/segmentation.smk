@@ -29,6 +29,7 @@ else:
         params:
             url=config["segmentation"]["url"],
             sha256=config["segmentation"]["sha256"],
+            archive=config["segmentation"]["package_archive"],
         log:
             "logs/download_bisenet.log",
         script:

@@ -1,4 +1,5 @@
-from vhuman.io import download_file, logging_to
+from vhuman.io import logging_to
+from vhuman.weights import fetch_weights
 
 with logging_to(snakemake.log[0]):
-    download_file(snakemake.params.url, snakemake.output[0], sha256=snakemake.params.sha256)
+    fetch_weights(snakemake.output[0], snakemake.params.url, snakemake.params.sha256, snakemake.params.archive)

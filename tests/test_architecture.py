@@ -10,8 +10,9 @@ from tests.conftest import REPO
 PACKAGE = REPO / "src" / "vhuman"
 # Lowest first. A module may import only modules of a lower layer.
 LAYERS = [
-    {"vocabulary", "io", "runtime", "latents"},  # ground: words, files, devices, latent codes
-    {"synthetic", "stylegan", "bisenet", "report"},  # networks, the synthetic renderer, report pictures
+    {"vocabulary", "atomic", "runtime", "latents"},  # ground: words, atomic writes, devices, latent codes
+    {"io"},  # files on disk: checkpoints, images, tables, rule logs
+    {"synthetic", "stylegan", "bisenet", "report", "weights"},  # networks, renderer, report pictures, downloads
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce"},  # GenForce's checkpoint files
     {"generators"},  # both generators behind one interface

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -94,11 +95,15 @@ def server(images_dir, tmp_path):
     srv.server_close()
 
 
-def request(url, data=None):
+def request(url, data=None, token=None, headers=None):
+    """A request as the labelling page sends it: its token, its own origin and a JSON body."""
     body = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(
-        url, data=body, method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"}
-    )
+    origin = "/".join(url.split("/")[:3])
+    sent = {"Content-Type": "application/json", "Origin": origin}
+    if token:
+        sent["X-Label-Token"] = token
+    sent.update(headers or {})
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET", headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, resp.read()
@@ -109,7 +114,7 @@ def request(url, data=None):
 def test_server_binds_loopback_and_serves_only_dataset_images(server):
     base, srv = server
     assert srv.server_address[0] == "127.0.0.1"
-    assert request(base + "/images/000003.png")[0] == 200
+    assert request(base + "/images/000003.png", token=srv.token)[0] == 200
     for path in (
         "/images/../../etc/passwd",
         "/images/%2e%2e/%2e%2e/etc/passwd",
@@ -118,10 +123,11 @@ def test_server_binds_loopback_and_serves_only_dataset_images(server):
         "/etc/passwd",
         "/images/000003.png/../../labels.csv",
     ):
-        assert request(base + path)[0] == 404, path
-    assert request(base + "/api/label", {"image_id": "999999", "gender": "female", "quality": "good"})[0] == 404
-    assert request(base + "/api/label", {"image_id": "000001", "gender": "x", "quality": "good"})[0] == 400
-    status, body = request(base + "/api/label", {"image_id": "000000", "gender": "male", "quality": "bad"})
+        assert request(base + path, token=srv.token)[0] == 404, path
+    label = {"image_id": "999999", "gender": "female", "quality": "good"}
+    assert request(base + "/api/label", label, srv.token)[0] == 404
+    assert request(base + "/api/label", {**label, "image_id": "000001", "gender": "x"}, srv.token)[0] == 400
+    status, body = request(base + "/api/label", {**label, "image_id": "000000", "gender": "male"}, srv.token)
     assert status == 200 and json.loads(body)["done"] == 1
 
 
@@ -135,6 +141,7 @@ def free_port():
 
 
 def start_server_process(images_dir, labels, port):
+    """vhuman-label as a person starts it; returns the process and the URL it prints (with this start's token)."""
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("vhuman-label")),  # the installed command, as a user starts it
@@ -151,11 +158,16 @@ def start_server_process(images_dir, labels, port):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    first_line = proc.stdout.readline()  # "Labelling page: http://127.0.0.1:PORT/?token=..."
+    match = re.search(r"(http://\S+)", first_line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the labelling server did not start: {first_line!r}{proc.stdout.read()}")
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
+                return proc, match.group(1)
         except OSError:
             time.sleep(0.1)
     proc.kill()
@@ -175,9 +187,9 @@ def test_label_50_by_keyboard_undo_kill_and_resume(browser, images_dir, tmp_path
     from selenium.webdriver.common.by import By
 
     labels, port = tmp_path / "labels.csv", free_port()
-    proc = start_server_process(images_dir, labels, port)
+    proc, url = start_server_process(images_dir, labels, port)
     try:
-        browser.get(f"http://127.0.0.1:{port}/")
+        browser.get(url)
         body = browser.find_element(By.TAG_NAME, "body")
         face = browser.find_element(By.ID, "face")
         wait_for(lambda: face.get_attribute("data-id") == "000000")
@@ -198,9 +210,9 @@ def test_label_50_by_keyboard_undo_kill_and_resume(browser, images_dir, tmp_path
     finally:
         proc.send_signal(signal.SIGKILL)  # a killed server, not a polite shutdown
         proc.wait()
-    proc = start_server_process(images_dir, labels, port)
+    proc, url = start_server_process(images_dir, labels, port)
     try:
-        browser.refresh()
+        browser.get(url)  # a restart prints a new token: the person opens the new URL
         face = browser.find_element(By.ID, "face")
         wait_for(lambda: face.get_attribute("data-id") == "000049")  # resumes exactly where labelling stopped
         assert "49 / 60" in browser.find_element(By.ID, "status").text

@@ -12,13 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from vhuman.conditional import load_conditional_generator
-from vhuman.io import CheckpointError, save_png, to_uint8
 from vhuman.labeling import serve
-from vhuman.pictures import draw_conditions, render
-from vhuman.properties import property_matrix
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
 SEEDS_HELP = (
@@ -102,6 +96,14 @@ def generate_main(argv=None) -> None:
             ap.error(f"--{name} must be in [{lo:g}, {hi:g}], got {value:g}")
     if not Path(args.properties).is_file():
         ap.error(f"--properties: {args.properties} not found (run `snakemake results/properties.parquet`)")
+    # Imported here, not at the top: the labelling command shares this module and must start without torch.
+    import pandas as pd
+
+    from vhuman.conditional import load_conditional_generator
+    from vhuman.io import CheckpointError, save_png, to_uint8
+    from vhuman.pictures import draw_conditions, render
+    from vhuman.properties import property_matrix
+
     try:
         model = load_conditional_generator(args.checkpoint, args.closed_loop_steps)
     except CheckpointError as exc:
@@ -135,8 +137,8 @@ def label_main(argv=None) -> None:
     except (FileNotFoundError, ValueError, OSError) as exc:
         sys.exit(f"vhuman-label: {exc}")
     print(
-        f"Labelling page: http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop; labels are saved on "
-        f"every key press to {args.labels})",
+        f"Labelling page: {server.url}\n(open this URL: its token admits only this page; Ctrl-C to stop; labels are "
+        f"saved on every key press to {args.labels})",
         flush=True,
     )
     try:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pickle
+import json
+import math
 import sys
-import tempfile
 import traceback
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,28 +22,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vhuman.atomic import atomic_path
+
 
 class CheckpointError(RuntimeError):
     """A weights file is missing, damaged or of the wrong network; the message names the file and the fix."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_torch_atomic(obj, path: str | Path) -> None:
@@ -65,7 +46,7 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
         raise CheckpointError(f"{path}: {what} is empty; delete it and download it again.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # any way a damaged or foreign file breaks the unpickler: IndexError, KeyError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: cannot read this {what} (truncated or not a PyTorch file: {first}); "
@@ -73,12 +54,26 @@ def load_torch_file(path: str | Path, what: str = "checkpoint"):
         ) from exc
 
 
-def write_json(obj, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    import json
+def _finite(obj, where: str, undefined: list[str]):
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}", undefined) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v, f"{where}[{i}]", undefined) for i, v in enumerate(obj)]
+    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+        undefined.append(where.lstrip("."))
+        return None
+    return obj.item() if isinstance(obj, np.generic) else obj
 
+
+def write_json(obj, path: str | Path) -> None:
+    """Write ``obj`` as indented JSON, atomically. NaN and infinity are not JSON: such a value (a metric that is
+    undefined, e.g. an AUROC over one class) is written as null, and stderr names it."""
+    undefined: list[str] = []
+    clean = _finite(obj, "", undefined)
+    if undefined:
+        print(f"{path}: undefined values written as null: {', '.join(undefined[:10])}", file=sys.stderr)
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=1))
+        Path(tmp).write_text(json.dumps(clean, indent=1, allow_nan=False))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

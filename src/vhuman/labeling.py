@@ -5,16 +5,24 @@ The labels live in one CSV (image_id, gender, quality, labeled_at); gender is ``
 so a killed server or two open tabs never lose or tear a label.
 
 Start the page with ``vhuman-label --images results/generated/images --labels data/labels/manual_labels.csv``.
+
+The server listens on this machine only and trusts no other web page: every request must name the server itself
+in ``Host`` (no DNS rebinding), carry the secret token of this start (printed in the page's URL), and a request that
+changes labels must come from the page's own origin with a JSON body. So a page on another site that the person
+happens to visit can neither read nor change their labels.
 """
 
 from __future__ import annotations
 
 import csv
+import hmac
 import json
 import os
 import re
+import secrets
 import threading
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vhuman.io import atomic_path
+from vhuman.atomic import atomic_path, remove_stale_temporaries
 
 COLUMNS = ("image_id", "gender", "quality", "labeled_at")
 GENDERS = ("female", "male")
 QUALITIES = ("good", "bad")
 IMAGE_ID = re.compile(r"^[0-9]{6}$")
+MAX_BODY = 4096  # bytes: a label is well under 200
 
 
 class LabelFileError(ValueError):
@@ -39,23 +48,36 @@ def read_labels(path: str | Path, known_ids: set[str] | None = None) -> pd.DataF
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or tuple(reader.fieldnames) != COLUMNS:
-            raise LabelFileError(f"{path}: the header must be {','.join(COLUMNS)}, found {reader.fieldnames}")
-        rows = {}
-        for line, row in enumerate(reader, start=2):
-            if row["gender"] not in GENDERS or row["quality"] not in QUALITIES:
-                raise LabelFileError(
-                    f"{path}, line {line}: gender must be one of {GENDERS} and quality one of "
-                    f"{QUALITIES}, got {row['gender']!r}, {row['quality']!r}; fix or delete the line"
-                )
-            if known_ids is not None and row["image_id"] not in known_ids:
-                raise LabelFileError(
-                    f"{path}, line {line}: image {row['image_id']!r} is not among the generated "
-                    "images; were the labels made for another run?"
-                )
-            rows[row["image_id"]] = row
+    try:
+        # utf-8-sig: a byte-order mark, as spreadsheet programs write, is accepted.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return _parse_labels(path, csv.DictReader(f), known_ids)
+    except UnicodeDecodeError as exc:
+        raise LabelFileError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}; Latin-1 or a "
+            "spreadsheet's own format?); save it as UTF-8 CSV"
+        ) from exc
+
+
+def _parse_labels(path: Path, reader: csv.DictReader, known_ids: set[str] | None) -> pd.DataFrame:
+    if reader.fieldnames is None or tuple(reader.fieldnames) != COLUMNS:
+        raise LabelFileError(f"{path}: the header must be {','.join(COLUMNS)}, found {reader.fieldnames}")
+    rows = {}
+    for row in reader:
+        line = reader.line_num  # the file's own line number, blank lines counted
+        if None in row or None in row.values():
+            raise LabelFileError(f"{path}, line {line}: expected {len(COLUMNS)} fields; fix or delete the line")
+        if row["gender"] not in GENDERS or row["quality"] not in QUALITIES:
+            raise LabelFileError(
+                f"{path}, line {line}: gender must be one of {GENDERS} and quality one of "
+                f"{QUALITIES}, got {row['gender']!r}, {row['quality']!r}; fix or delete the line"
+            )
+        if known_ids is not None and row["image_id"] not in known_ids:
+            raise LabelFileError(
+                f"{path}, line {line}: image {row['image_id']!r} is not among the generated "
+                "images; were the labels made for another run?"
+            )
+        rows[row["image_id"]] = row
     return pd.DataFrame(list(rows.values()), columns=list(COLUMNS))
 
 
@@ -81,6 +103,7 @@ class LabelStore:
 
     def __init__(self, csv_path: str | Path, image_ids: list[str]):
         self.path = Path(csv_path)
+        remove_stale_temporaries(self.path)  # left by a server killed mid-write
         self.image_ids = list(image_ids)
         self.known = set(self.image_ids)
         table = read_labels(self.path, self.known)
@@ -165,8 +188,9 @@ PAGE = """<!doctype html>
 <div id="message"></div>
 <script>
 let current = null, bad = false, busy = false;
+const TOKEN = "__TOKEN__";
 async function call(method, url, body) {
-  const r = await fetch(url, {method, headers: {"Content-Type": "application/json"},
+  const r = await fetch(url, {method, headers: {"Content-Type": "application/json", "X-Label-Token": TOKEN},
                               body: body ? JSON.stringify(body) : undefined});
   if (!r.ok) throw new Error(await r.text());
   return r.json();
@@ -177,12 +201,12 @@ function show(state) {
   document.getElementById("status").textContent =
     `${state.done} / ${state.total} labelled · ${state.rate_per_min} per minute`;
   const img = document.getElementById("face");
-  if (current) { img.src = "/images/" + current + ".png"; img.dataset.id = current; }
+  if (current) { img.src = "/images/" + current + ".png?token=" + TOKEN; img.dataset.id = current; }
   else {
     img.removeAttribute("src"); img.dataset.id = "";
     document.getElementById("status").textContent += " · all done";
   }
-  for (const id of state.next.slice(1)) { new Image().src = "/images/" + id + ".png"; }
+  for (const id of state.next.slice(1)) { new Image().src = "/images/" + id + ".png?token=" + TOKEN; }
   bad = false; render();
 }
 function render() {
@@ -209,7 +233,18 @@ act(() => call("GET", "/api/state"));
 """
 
 
-def make_handler(store: LabelStore, images_dir: Path):
+class Refused(Exception):
+    """A request the server does not serve; ``code`` is its HTTP status."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def make_handler(store: LabelStore, images_dir: Path, token: str, allowed_hosts: set[str]):
+    """The request handler. ``allowed_hosts`` are the ``Host`` values that name this server (``127.0.0.1:PORT`` and,
+    on the loopback address, ``localhost:PORT``); its own origin is ``http://`` + one of them."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # keep the terminal for the person labelling
             pass
@@ -219,18 +254,54 @@ def make_handler(store: LabelStore, images_dir: Path):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")  # the token in the URL stays on this page
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, obj, code=200):
             self._send(code, json.dumps(obj).encode())
 
+        def _check(self, query_token: str | None = None, changes_state: bool = False) -> None:
+            host = self.headers.get("Host", "")
+            if host not in allowed_hosts:
+                raise Refused(403, f"Host {host!r} is not this server")
+            given = self.headers.get("X-Label-Token") or query_token or ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise Refused(403, "missing or wrong token: open the URL vhuman-label printed at its start")
+            if changes_state:
+                if self.headers.get("Origin") != f"http://{host}":
+                    raise Refused(403, "requests that change labels must come from the labelling page itself")
+                if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+                    raise Refused(415, "the body must be application/json")
+
+        def _body(self) -> dict:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise Refused(400, "Content-Length is not a number") from None
+            if not 0 <= length <= MAX_BODY:
+                raise Refused(413, f"the body must be at most {MAX_BODY} bytes")
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise Refused(400, "the body is not JSON") from None
+            if not isinstance(body, dict):
+                raise Refused(400, "the body must be a JSON object")
+            return body
+
         def do_GET(self):
-            if self.path == "/":
-                return self._send(200, PAGE.encode(), "text/html; charset=utf-8")
-            if self.path == "/api/state":
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            try:
+                self._check(query.get("token", [None])[0])
+            except Refused as exc:
+                return self._json({"error": str(exc)}, exc.code)
+            if url.path == "/":
+                return self._send(200, PAGE.replace("__TOKEN__", token).encode(), "text/html; charset=utf-8")
+            if url.path == "/api/state":
                 return self._json(store.state())
-            m = re.fullmatch(r"/images/([0-9]{6})\.png", self.path)
+            m = re.fullmatch(r"/images/([0-9]{6})\.png", url.path)
             # Only ids of this dataset are served: no other path can reach the disk.
             if m and m.group(1) in store.known:
                 path = images_dir / f"{m.group(1)}.png"
@@ -240,8 +311,8 @@ def make_handler(store: LabelStore, images_dir: Path):
 
         def do_POST(self):
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                self._check(changes_state=True)
+                body = self._body()
                 if self.path == "/api/label":
                     store.label(str(body.get("image_id")), body.get("gender"), body.get("quality"))
                 elif self.path == "/api/skip":
@@ -250,13 +321,22 @@ def make_handler(store: LabelStore, images_dir: Path):
                     store.undo()
                 else:
                     return self._send(404, b'{"error": "not found"}')
+            except Refused as exc:
+                return self._json({"error": str(exc)}, exc.code)
             except KeyError:
                 return self._send(404, b'{"error": "unknown image id"}')
-            except (ValueError, json.JSONDecodeError) as exc:
+            except ValueError as exc:
                 return self._json({"error": str(exc)}, 400)
             return self._json(store.state())
 
     return Handler
+
+
+class LabelServer(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of requests waits instead of being reset
+    daemon_threads = True
+    token: str
+    url: str
 
 
 def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
@@ -266,15 +346,22 @@ def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
 
 def serve(
     images_dir: str | Path, labels_csv: str | Path, first: int | None = 2000, host: str = "127.0.0.1", port: int = 8765
-) -> ThreadingHTTPServer:
-    """Build (not start) the labelling server for the first ``first`` images of ``images_dir``."""
+) -> LabelServer:
+    """Build (not start) the labelling server for the first ``first`` images of ``images_dir``; its ``url`` carries
+    this start's secret token."""
     ids = dataset_ids(images_dir, first)
     if not ids:
         raise FileNotFoundError(
             f"{images_dir}: no images to label; run `snakemake results/generated/latents.parquet` first"
         )
     store = LabelStore(labels_csv, ids)
-    return ThreadingHTTPServer((host, port), make_handler(store, Path(images_dir)))
+    token = secrets.token_urlsafe(24)
+    server = LabelServer((host, port), None)
+    bound = server.server_address[1]
+    allowed = {f"{host}:{bound}"} | ({f"localhost:{bound}"} if host == "127.0.0.1" else set())
+    server.RequestHandlerClass = make_handler(store, Path(images_dir), token, allowed)
+    server.token, server.url = token, f"http://{host}:{bound}/?token={token}"
+    return server
 
 
 def simulate_hand_labels(truth: pd.DataFrame, first: int, error_rate: float, seed: int, out_path: str | Path) -> int:

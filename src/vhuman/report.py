@@ -105,7 +105,8 @@ def _page(body: str) -> str:
 
 
 def _cell(value) -> str:
-
+    if value is None:
+        return "–"  # undefined (written as null), e.g. r over too few valid faces
     if isinstance(value, float):
         return f"{value:.4g}"
     return escape(str(value))

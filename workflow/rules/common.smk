@@ -1,10 +1,28 @@
 from pathlib import Path
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+def check_whole_numbers(values, schema, path="config"):
+    """JSON Schema takes 8.0 for an integer; a stage would not. Refuse it here, naming the key."""
+    if schema.get("type") == "integer" and isinstance(values, float):
+        raise WorkflowError(f"{path} must be a whole number written without a decimal point, got {values!r}")
+    if isinstance(values, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in values:
+                check_whole_numbers(values[key], sub, f"{path}.{key}")
+    elif isinstance(values, list):
+        for i, item in enumerate(values):
+            check_whole_numbers(item, schema.get("items", {}), f"{path}[{i}]")
+
+
+check_whole_numbers(config, yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()))
 
 SYNTHETIC = config["generator"]["kind"] == "synthetic"
 

@@ -176,3 +176,41 @@ def animation_page_html(gif_path: str | Path, title: str) -> str:
         f"<h2>{escape(title)}</h2><img alt='{escape(title)}' style='image-rendering:pixelated;width:256px' "
         f"src='data:image/gif;base64,{data}'>"
     )
+
+
+def machine_description() -> dict:
+    """What the stage times were measured on: CPU model, cores, GPU."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores}
+
+
+def stage_times(benchmark_files: dict[str, str | Path]) -> dict:
+    """Snakemake's benchmark files (one per rule) as one table: wall seconds and peak memory per rule, and the sum
+    (the DAG's total when its rules run one after another)."""
+    rows = []
+    for rule, path in benchmark_files.items():
+        lines = Path(path).read_text().splitlines()
+        header, values = lines[0].split("\t"), lines[-1].split("\t")
+        record = dict(zip(header, values, strict=True))
+
+        def number(key, record=record):
+            try:
+                return round(float(record[key]), 2)
+            except (KeyError, ValueError):
+                return None  # Snakemake writes NA where it could not measure
+
+        rows.append({"rule": rule, "seconds": number("s"), "max_rss_mb": number("max_rss")})
+    rows.sort(key=lambda r: -(r["seconds"] or 0))
+    total = sum(r["seconds"] or 0 for r in rows)
+    return {"machine": machine_description(), "total_seconds": round(total, 1), "rules": rows}

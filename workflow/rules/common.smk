@@ -66,8 +66,9 @@ def final_outputs():
             "results/segmentation/truth_check.json",
             "results/properties/truth_check.json",
         ]
-    # Tables for the report, written by rule report_tables.
+    # Tables for the report, written by rule report_tables, and the stage times of this run.
     outputs += [f"results/report/{name}.html" for name in REPORT_TABLES]
+    outputs += ["results/benchmarks/stage_times.json"]
     return outputs
 
 

@@ -20,6 +20,8 @@ rule latent_directions:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/latent_directions.tsv"
     log:
         "logs/latent_directions.log",
     script:

@@ -21,6 +21,8 @@ rule controlled_pictures:
         ),
     params:
         seeds=config["evaluation"]["picture_seeds"],
+    benchmark:
+        "results/benchmarks/controlled_pictures.tsv"
     log:
         "logs/controlled_pictures.log",
     script:
@@ -46,6 +48,8 @@ rule evaluate_control:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/evaluate_control.tsv"
     log:
         "logs/evaluate_control.log",
     script:

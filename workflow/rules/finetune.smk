@@ -22,6 +22,8 @@ rule finetune:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/finetune.tsv"
     log:
         "logs/finetune.log",
     script:

@@ -11,6 +11,8 @@ if SYNTHETIC:
             first=config["labels"]["num_manual"],
             error_rate=config["labels"]["simulated_error_rate"],
             seed=config["labels"]["seed"],
+        benchmark:
+            "results/benchmarks/simulated_hand_labels.tsv"
         log:
             "logs/simulated_hand_labels.log",
         script:
@@ -32,6 +34,8 @@ rule gender_cnn:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/gender_cnn.tsv"
     log:
         "logs/gender_cnn.log",
     script:
@@ -47,6 +51,8 @@ rule female_subset:
     params:
         min_p_female=config["subset"]["min_p_female"],
         min_p_good_quality=config["subset"]["min_p_good_quality"],
+    benchmark:
+        "results/benchmarks/female_subset.tsv"
     log:
         "logs/female_subset.log",
     script:
@@ -62,6 +68,8 @@ if SYNTHETIC:
             truth="results/generated/truth.parquet",
         output:
             "results/gender/truth_check.json",
+        benchmark:
+            "results/benchmarks/gender_truth_check.tsv"
         log:
             "logs/gender_truth_check.log",
         script:

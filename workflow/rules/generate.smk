@@ -23,6 +23,8 @@ rule generate:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/generate.tsv"
     log:
         "logs/generate.log",
     script:
@@ -42,6 +44,8 @@ rule generated_grid:
     params:
         rows=config["report"]["grid_rows"],
         cols=config["report"]["grid_cols"],
+    benchmark:
+        "results/benchmarks/generated_grid.tsv"
     log:
         "logs/generated_grid.log",
     script:

@@ -8,6 +8,8 @@ if SYNTHETIC:
         params:
             resolution=config["generator"]["resolution"],
             seed=config["generator"]["seed"],
+        benchmark:
+            "results/benchmarks/synthetic_generator.tsv"
         log:
             "logs/synthetic_generator.log",
         script:
@@ -26,6 +28,8 @@ else:
             url=config["generator"]["url"],
             sha256=config["generator"]["sha256"],
             archive=None,
+        benchmark:
+            "results/benchmarks/download_generator.tsv"
         log:
             "logs/download_generator.log",
         script:

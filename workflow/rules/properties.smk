@@ -8,6 +8,8 @@ rule properties:
         masks="results/segmentation/masks",
     output:
         "results/properties.parquet",
+    benchmark:
+        "results/benchmarks/properties.tsv"
     log:
         "logs/properties.log",
     script:
@@ -23,6 +25,8 @@ rule property_plots:
             caption="../report/property_plots.rst",
             category="4. Properties",
         ),
+    benchmark:
+        "results/benchmarks/property_plots.tsv"
     log:
         "logs/property_plots.log",
     script:
@@ -37,6 +41,8 @@ if SYNTHETIC:
             truth="results/generated/truth.parquet",
         output:
             "results/properties/truth_check.json",
+        benchmark:
+            "results/benchmarks/properties_truth_check.tsv"
         log:
             "logs/properties_truth_check.log",
         script:

@@ -15,6 +15,8 @@ rule property_regressor:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/property_regressor.tsv"
     log:
         "logs/property_regressor.log",
     script:

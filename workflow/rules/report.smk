@@ -10,7 +10,34 @@ rule report_tables:
         **{name: metrics for name, (metrics, _, _) in REPORT_TABLES.items()},
     output:
         **report_table_outputs(),
+    benchmark:
+        "results/benchmarks/report_tables.tsv"
     log:
         "logs/report_tables.log",
     script:
         "../scripts/report_tables.py"
+
+
+def benchmark_files():
+    """Every rule's benchmark file (Snakemake's own: seconds and memory), by rule."""
+    return {r.name: r.benchmark for r in workflow.rules if r.benchmark and r.name != "stage_times"}
+
+
+localrules:
+    stage_times,
+
+
+rule stage_times:
+    input:
+        **benchmark_files(),
+    output:
+        json="results/benchmarks/stage_times.json",
+        html=report(
+            "results/report/stage_times.html",
+            caption="../report/stage_times.rst",
+            category="6. Stage times",
+        ),
+    log:
+        "logs/stage_times.log",
+    script:
+        "../scripts/stage_times.py"

@@ -12,6 +12,8 @@ if SYNTHETIC:
         threads: 2
         resources:
             gpu=1,
+        benchmark:
+            "results/benchmarks/world_parser.tsv"
         log:
             "logs/world_parser.log",
         script:
@@ -30,6 +32,8 @@ else:
             url=config["segmentation"]["url"],
             sha256=config["segmentation"]["sha256"],
             archive=config["segmentation"]["package_archive"],
+        benchmark:
+            "results/benchmarks/download_bisenet.tsv"
         log:
             "logs/download_bisenet.log",
         script:
@@ -52,6 +56,8 @@ rule segment:
     threads: 2
     resources:
         gpu=1,
+    benchmark:
+        "results/benchmarks/segment.tsv"
     log:
         "logs/segment.log",
     script:
@@ -69,6 +75,8 @@ rule mask_examples:
             caption="../report/mask_examples.rst",
             category="3. Segmentation",
         ),
+    benchmark:
+        "results/benchmarks/mask_examples.tsv"
     log:
         "logs/mask_examples.log",
     script:
@@ -84,6 +92,8 @@ if SYNTHETIC:
             truth_masks="results/generated/truth_masks",
         output:
             "results/segmentation/truth_check.json",
+        benchmark:
+            "results/benchmarks/parser_truth_check.tsv"
         log:
             "logs/parser_truth_check.log",
         script:

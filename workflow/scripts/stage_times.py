@@ -1,0 +1,9 @@
+from vhuman.io import atomic_path, logging_to, write_json
+from vhuman.report import metrics_table_html, stage_times
+
+with logging_to(snakemake.log[0]):
+    times = stage_times(dict(snakemake.input.items()))
+    write_json(times, snakemake.output.json)
+    with atomic_path(snakemake.output.html) as tmp:
+        tmp.write_text(metrics_table_html(times, "stage times of the last run"))
+    print(f"stage times: {times['total_seconds'] / 60:.1f} minutes in all", flush=True)

@@ -241,6 +241,39 @@ class Refused(Exception):
         self.code = code
 
 
+def check_request(headers, token: str, allowed_hosts: set[str], query_token=None, changes_state=False) -> None:
+    """Raise Refused unless the request names this server, carries the token, and, when it changes labels, comes
+    from the page's own origin with a JSON body."""
+    host = headers.get("Host", "")
+    if host not in allowed_hosts:
+        raise Refused(403, f"Host {host!r} is not this server")
+    given = headers.get("X-Label-Token") or query_token or ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Refused(403, "missing or wrong token: open the URL vhuman-label printed at its start")
+    if changes_state:
+        if headers.get("Origin") != f"http://{host}":
+            raise Refused(403, "requests that change labels must come from the labelling page itself")
+        if headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            raise Refused(415, "the body must be application/json")
+
+
+def read_json_object(headers, stream) -> dict:
+    """The request body: at most MAX_BODY bytes of JSON, an object."""
+    try:
+        length = int(headers.get("Content-Length") or 0)
+    except ValueError:
+        raise Refused(400, "Content-Length is not a number") from None
+    if not 0 <= length <= MAX_BODY:
+        raise Refused(413, f"the body must be at most {MAX_BODY} bytes")
+    try:
+        body = json.loads(stream.read(length) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Refused(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "the body must be a JSON object")
+    return body
+
+
 def make_handler(store: LabelStore, images_dir: Path, token: str, allowed_hosts: set[str]):
     """The request handler. ``allowed_hosts`` are the ``Host`` values that name this server (``127.0.0.1:PORT`` and,
     on the loopback address, ``localhost:PORT``); its own origin is ``http://`` + one of them."""
@@ -262,39 +295,11 @@ def make_handler(store: LabelStore, images_dir: Path, token: str, allowed_hosts:
         def _json(self, obj, code=200):
             self._send(code, json.dumps(obj).encode())
 
-        def _check(self, query_token: str | None = None, changes_state: bool = False) -> None:
-            host = self.headers.get("Host", "")
-            if host not in allowed_hosts:
-                raise Refused(403, f"Host {host!r} is not this server")
-            given = self.headers.get("X-Label-Token") or query_token or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                raise Refused(403, "missing or wrong token: open the URL vhuman-label printed at its start")
-            if changes_state:
-                if self.headers.get("Origin") != f"http://{host}":
-                    raise Refused(403, "requests that change labels must come from the labelling page itself")
-                if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-                    raise Refused(415, "the body must be application/json")
-
-        def _body(self) -> dict:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise Refused(400, "Content-Length is not a number") from None
-            if not 0 <= length <= MAX_BODY:
-                raise Refused(413, f"the body must be at most {MAX_BODY} bytes")
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise Refused(400, "the body is not JSON") from None
-            if not isinstance(body, dict):
-                raise Refused(400, "the body must be a JSON object")
-            return body
-
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query)
             try:
-                self._check(query.get("token", [None])[0])
+                check_request(self.headers, token, allowed_hosts, query.get("token", [None])[0])
             except Refused as exc:
                 return self._json({"error": str(exc)}, exc.code)
             if url.path == "/":
@@ -311,8 +316,8 @@ def make_handler(store: LabelStore, images_dir: Path, token: str, allowed_hosts:
 
         def do_POST(self):
             try:
-                self._check(changes_state=True)
-                body = self._body()
+                check_request(self.headers, token, allowed_hosts, changes_state=True)
+                body = read_json_object(self.headers, self.rfile)
                 if self.path == "/api/label":
                     store.label(str(body.get("image_id")), body.get("gender"), body.get("quality"))
                 elif self.path == "/api/skip":

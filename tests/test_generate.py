@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from vhuman import synthetic, vocabulary
 from vhuman.generate import generate_images
@@ -62,3 +63,19 @@ def test_truth_table_and_masks(generated):
     assert mask.shape == (64, 64) and mask.max() < len(vocabulary.CLASS_NAMES)
     assert {0, 1, 17} <= set(np.unique(mask).tolist())
     assert not list(generated.rglob(".*.tmp"))
+
+
+def test_precision_auto_follows_the_hardware():
+    from vhuman.runtime import cpu_has_bfloat16, precision_dtype, precision_scope
+
+    cpu = torch.device("cpu")
+    assert precision_dtype(cpu, "float32") is None
+    assert precision_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert precision_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_bfloat16() else None)
+    with pytest.raises(ValueError, match="precision must be"):
+        precision_dtype(cpu, "float8")
+    x = torch.randn(4, 8)
+    with precision_scope(cpu, "bfloat16"):
+        assert (x @ x.t()).dtype is torch.bfloat16
+    with precision_scope(cpu, "float32"):
+        assert (x @ x.t()).dtype is torch.float32

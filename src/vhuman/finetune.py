@@ -9,6 +9,7 @@ Only the conditional mapping (vhuman.conditional) trains; the synthesis stays fr
   non-saturating loss and lazy R1.
 
 The loop is cut into restore / generator step / discriminator step / log / export, and knows no network's class.
+Its precision is the stage's (vhuman.runtime.precision_scope around the call).
 An EMA copy of the mapping is what gets saved. Training resumes from its last state after a kill.
 """
 
@@ -124,7 +125,7 @@ def probe_control(
     hi = torch.tensor([RANGES[p][1] for p in PROPERTY_NAMES])
     c = (lo + (hi - lo) * torch.rand(n, len(PROPERTY_NAMES), generator=g)).to(dev)
     with torch.no_grad():
-        read, logit = regressor(model(z, c))
+        read, logit = (t.float() for t in regressor(model(z, c)))
     out = {
         f"r_{name}": float(np.corrcoef(c[:, k].cpu(), read[:, k].cpu())[0, 1]) for k, name in enumerate(PROPERTY_NAMES)
     }
@@ -183,7 +184,6 @@ class Finetune:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=settings.lr_discriminator, betas=(0.0, 0.99))
         self.sampler = ConditionSampler(properties, settings.replace_probability, self.gen)
         self.span = (self.sampler.hi - self.sampler.lo).to(device)
-        self.amp = device.type == "cuda"
         self.fingerprint = settings_hash(
             settings,
             {
@@ -246,28 +246,25 @@ class Finetune:
         normalised conditions. Half the batch also asks for one property changed."""
         s, base, half = self.settings, self.base, len(b.c_changed)
         self.disc.requires_grad_(False)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            w = self.mapping(b.z, b.c)
-            w_changed = self.mapping(b.z[:half], b.c_changed)
-            both = self.model.synthesis(
-                truncate(torch.cat([w, w_changed]), base.w_avg, base.num_layers, s.truncation_psi)
-            )
-            images = both[: len(w)]
-            read, logit = self.regressor(both)
-            wanted = torch.cat([b.c, b.c_changed])
-            losses = {
-                "control": (((read.float() - wanted) / self.span) ** 2).mean(),
-                "female": F.binary_cross_entropy_with_logits(logit.float(), torch.ones_like(logit.float())),
-                "keep": (w_changed - w[:half]).pow(2).mean() / base.w_avg.pow(2).mean().clamp(min=1e-3),
-            }
-            cn = (b.c - self.mapping.mean) / self.mapping.std
-            losses["adversarial"] = F.softplus(-self.disc(images, cn)).mean()
-            g_loss = (
-                s.control_weight * losses["control"]
-                + s.gender_weight * losses["female"]
-                + s.keep_weight * losses["keep"]
-                + s.adversarial_weight * losses["adversarial"]
-            )
+        w = self.mapping(b.z, b.c)
+        w_changed = self.mapping(b.z[:half], b.c_changed)
+        both = self.model.synthesis(truncate(torch.cat([w, w_changed]), base.w_avg, base.num_layers, s.truncation_psi))
+        images = both[: len(w)]
+        read, logit = self.regressor(both)
+        wanted = torch.cat([b.c, b.c_changed])
+        losses = {
+            "control": (((read.float() - wanted) / self.span) ** 2).mean(),
+            "female": F.binary_cross_entropy_with_logits(logit.float(), torch.ones_like(logit.float())),
+            "keep": (w_changed - w[:half]).pow(2).mean() / base.w_avg.pow(2).mean().clamp(min=1e-3),
+        }
+        cn = (b.c - self.mapping.mean) / self.mapping.std
+        losses["adversarial"] = F.softplus(-self.disc(images, cn)).mean()
+        g_loss = (
+            s.control_weight * losses["control"]
+            + s.gender_weight * losses["female"]
+            + s.keep_weight * losses["keep"]
+            + s.adversarial_weight * losses["adversarial"]
+        )
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -276,8 +273,7 @@ class Finetune:
 
     def discriminator_step(self, b: Batch, images: torch.Tensor, cn: torch.Tensor, step: int) -> torch.Tensor:
         s, disc = self.settings, self.disc
-        with torch.autocast(self.device.type, enabled=self.amp):
-            d_loss = F.softplus(disc(images.detach(), cn)).mean() + F.softplus(-disc(b.real, b.real_cn)).mean()
+        d_loss = F.softplus(disc(images.detach(), cn)).mean() + F.softplus(-disc(b.real, b.real_cn)).mean()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         if s.r1_gamma > 0 and step % s.r1_every == 0:

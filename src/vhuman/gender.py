@@ -102,7 +102,7 @@ def _predict(model, images, batch_size=256) -> np.ndarray:
             x = _to_input(images[start : start + batch_size])
             # Average with the mirror image: gender and quality do not depend on the side.
             logits = (model(x) + model(torch.flip(x, dims=[3]))) / 2
-            out.append(torch.sigmoid(logits).numpy())
+            out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 

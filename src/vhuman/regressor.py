@@ -109,7 +109,9 @@ def train_regressor(
             bar.set_postfix(loss=f"{loss.detach().item():.3f}")
     model.eval()
     with torch.inference_mode():
-        pred = torch.cat([model(images[held[s : s + 256]].float() / 127.5 - 1)[0] for s in range(0, len(held), 256)])
+        pred = torch.cat(
+            [model(images[held[s : s + 256]].float() / 127.5 - 1)[0].float() for s in range(0, len(held), 256)]
+        )
     metrics = {"held_out_images": len(held), "settings": asdict(settings)}
     for k, name in enumerate(PROPERTY_NAMES):
         ok = valid[held, k]

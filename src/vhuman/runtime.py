@@ -1,6 +1,10 @@
-"""Where networks run: the device a stage's ``device`` setting names."""
+"""Where networks run: the device a stage's ``device`` setting names, and the precision it computes in."""
 
 from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -10,3 +14,35 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Native bfloat16 arithmetic on this CPU (AVX-512 BF16 or AMX); without it bfloat16 is emulated and slow."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def precision_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype a stage runs with; None for float32. ``auto``: bfloat16 where the hardware has it (a CPU
+    with native bfloat16, a CUDA card that supports it), float32 elsewhere."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bfloat16() else None
+
+
+@contextlib.contextmanager
+def precision_scope(device: torch.device, precision: str) -> Iterator[torch.dtype | None]:
+    """Mixed precision for a whole stage: matrix products and convolutions in the chosen dtype (weights, losses and
+    reductions stay float32, as torch.autocast does); yields that dtype (None: float32)."""
+    dtype = precision_dtype(device, precision)
+    print(
+        f"precision: {'float32' if dtype is None else str(dtype).removeprefix('torch.')} on {device}", file=sys.stderr
+    )
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        yield dtype

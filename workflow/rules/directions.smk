@@ -13,6 +13,7 @@ rule latent_directions:
         directions="results/directions/directions.pth",
         layers="results/directions/layers.json",
     params:
+        precision=config["precision"],
         kind=config["generator"]["kind"],
         resolution=config["generator"]["resolution"],
         device=config["device"],

@@ -20,6 +20,7 @@ rule controlled_pictures:
             category="5. Control",
         ),
     params:
+        precision=config["precision"],
         seeds=config["evaluation"]["picture_seeds"],
     benchmark:
         "results/benchmarks/controlled_pictures.tsv"
@@ -39,6 +40,7 @@ rule evaluate_control:
     output:
         "results/evaluation/control.json",
     params:
+        precision=config["precision"],
         settings=config["evaluation"],
         parser_kind="world" if SYNTHETIC else "bisenet",
         mask_resolution=config["segmentation"]["mask_resolution"],

@@ -11,6 +11,7 @@ rule finetune:
     output:
         "results/finetuned.pth",
     params:
+        precision=config["precision"],
         settings=config["finetune"]["train"],
         # checkpoints and the training log, beside the model: results/finetune/
         work_dir=lambda wildcards, output: str(Path(output[0]).with_name("finetune")),

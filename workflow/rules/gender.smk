@@ -29,6 +29,7 @@ rule gender_cnn:
         labels="results/gender/labels.parquet",
         metrics="results/gender/metrics.json",
     params:
+        precision=config["precision"],
         settings=config["gender_cnn"],
         hand_label_error_rate=config["labels"]["hand_label_error_rate"],
     threads: 2

@@ -11,6 +11,7 @@ rule property_regressor:
         model="results/models/property_regressor.pth",
         metrics="results/finetune/regressor_metrics.json",
     params:
+        precision=config["precision"],
         settings=config["finetune"]["regressor"],
     threads: 2
     resources:

@@ -7,6 +7,7 @@ if SYNTHETIC:
             model=config["segmentation"]["checkpoint"],
             metrics="results/segmentation/parser_metrics.json",
         params:
+            precision=config["precision"],
             settings=config["segmentation"]["world_parser"],
             mask_resolution=config["segmentation"]["mask_resolution"],
         threads: 2
@@ -48,6 +49,7 @@ rule segment:
     output:
         masks=directory("results/segmentation/masks"),
     params:
+        precision=config["precision"],
         kind="world" if SYNTHETIC else "bisenet",
         sha256=config["segmentation"].get("sha256", ""),
         mask_resolution=config["segmentation"]["mask_resolution"],

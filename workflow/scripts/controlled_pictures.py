@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from vhuman.conditional import load_conditional_generator
 from vhuman.directions import load_directions
@@ -8,9 +9,10 @@ from vhuman.io import atomic_path, logging_to, save_png
 from vhuman.pictures import ANIMATIONS, animation, sweep_grid
 from vhuman.properties import property_matrix
 from vhuman.report import animation_page_html
+from vhuman.runtime import precision_scope
 from vhuman.vocabulary import PROPERTY_NAMES
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(torch.device("cpu"), snakemake.params.precision):
     rows = property_matrix(pd.read_parquet(snakemake.input.properties))
     finetuned = load_conditional_generator(snakemake.input.finetuned)
     directions = load_directions(snakemake.input.directions, finetuned.base)

@@ -7,11 +7,11 @@ from vhuman.evaluation import evaluate
 from vhuman.gender import load_ensemble, predict_images
 from vhuman.io import logging_to, to_uint8, write_json
 from vhuman.properties import measure_properties, property_matrix
-from vhuman.runtime import pick_device
+from vhuman.runtime import pick_device, precision_scope
 from vhuman.segmentation import Parser
 from vhuman.vocabulary import PROPERTY_NAMES
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.device), snakemake.params.precision):
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.params.device)
     settings = snakemake.params.settings

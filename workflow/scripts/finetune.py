@@ -5,9 +5,9 @@ from vhuman.finetune import FinetuneSettings, finetune
 from vhuman.generators import load_generator
 from vhuman.io import load_image_batch, load_torch_file, logging_to, sha256_file
 from vhuman.regressor import load_regressor
-from vhuman.runtime import pick_device
+from vhuman.runtime import pick_device, precision_scope
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.device), snakemake.params.precision):
     torch.set_num_threads(snakemake.threads)
     base = load_generator(snakemake.input.generator, snakemake.params.kind, snakemake.params.resolution)
     properties = pd.read_parquet(snakemake.input.properties)

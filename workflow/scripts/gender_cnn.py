@@ -4,8 +4,9 @@ import torch
 from vhuman.gender import ClassifierSettings, train_and_label
 from vhuman.io import logging_to
 from vhuman.labeling import read_labels
+from vhuman.runtime import precision_scope
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(torch.device("cpu"), snakemake.params.precision):
     torch.set_num_threads(snakemake.threads)
     ids = list(pd.read_parquet(snakemake.input.latents, columns=["image_id"])["image_id"])
     manual = read_labels(snakemake.input.manual, known_ids=set(ids))

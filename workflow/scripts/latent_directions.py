@@ -6,9 +6,9 @@ from vhuman.directions import directions_layer_mask, fit_directions
 from vhuman.generators import load_generator
 from vhuman.io import column_vectors, logging_to, save_torch_atomic, write_json
 from vhuman.regressor import load_regressor
-from vhuman.runtime import pick_device
+from vhuman.runtime import pick_device, precision_scope
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.device), snakemake.params.precision):
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.params.device)
     latents = pq.read_table(snakemake.input.latents)

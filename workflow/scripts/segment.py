@@ -2,10 +2,10 @@ import pandas as pd
 import torch
 
 from vhuman.io import logging_to, verify_sha256
-from vhuman.runtime import pick_device
+from vhuman.runtime import pick_device, precision_scope
 from vhuman.segmentation import Parser, segment_images
 
-with logging_to(snakemake.log[0]):
+with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.device), snakemake.params.precision):
     torch.set_num_threads(snakemake.threads)
     verify_sha256(snakemake.input.parser, snakemake.params.sha256)
     parser = Parser(

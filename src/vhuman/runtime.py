@@ -44,5 +44,7 @@ def precision_scope(device: torch.device, precision: str) -> Iterator[torch.dtyp
     print(
         f"precision: {'float32' if dtype is None else str(dtype).removeprefix('torch.')} on {device}", file=sys.stderr
     )
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    # No weight cache: the scope spans whole training loops, and autocast's cache keeps the first cast of each
+    # weight until the scope ends, so training would go on with the weights of its first step.
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
         yield dtype

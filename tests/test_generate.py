@@ -79,3 +79,23 @@ def test_precision_auto_follows_the_hardware():
         assert (x @ x.t()).dtype is torch.bfloat16
     with precision_scope(cpu, "float32"):
         assert (x @ x.t()).dtype is torch.float32
+
+
+def test_training_inside_one_precision_scope_uses_the_updated_weights():
+    """A scope around a whole training loop must not cache the first cast of each weight (autocast's default)."""
+    from vhuman.runtime import precision_scope
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    x = torch.randn(64, 8)
+    y = x @ torch.randn(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    with precision_scope(torch.device("cpu"), "bfloat16"):
+        for _ in range(30):
+            loss = (model(x).float() - y).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]

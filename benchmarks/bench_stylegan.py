@@ -10,6 +10,7 @@ import time
 import torch
 
 from vhuman.generators import load_generator
+from vhuman.runtime import mixed_dtypes
 from vhuman.stylegan import StyleGANGenerator
 
 
@@ -53,11 +54,13 @@ def main():
             gap = float((full - half).abs().max()) / 2  # images span [-1, 1]: 2 units = 255 levels
             verdict = "within" if gap <= 1 / 255 else "beyond"
             print(f"cuda float16 vs float32: max difference {gap * 255:.2f}/255 ({verdict} 1/255)")
-        dtypes = [torch.float32] + ([torch.float16] if device.type == "cuda" else [])
-        for dtype in dtypes:
-            for batch in args.batches:
+        dtypes = [torch.float32] + mixed_dtypes(device)
+        for batch in args.batches:
+            base = time_batches(generator, device, batch, args.repeats, torch.float32)
+            print(f"{device.type:4s} torch.float32  batch {batch:3d}: {base:8.2f} images/s")
+            for dtype in dtypes[1:]:
                 ips = time_batches(generator, device, batch, args.repeats, dtype)
-                print(f"{device.type:4s} {str(dtype):14s} batch {batch:3d}: {ips:8.2f} images/s")
+                print(f"{device.type:4s} {str(dtype):14s} batch {batch:3d}: {ips:8.2f} images/s ({ips / base:.2f}x)")
 
 
 if __name__ == "__main__":

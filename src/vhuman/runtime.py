@@ -22,6 +22,14 @@ def cpu_has_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def mixed_dtypes(device: torch.device) -> list[torch.dtype]:
+    """The mixed precisions a device has natively: float16 (and bfloat16 where supported) on CUDA, bfloat16 on a
+    CPU with native bfloat16 (benchmarks time each against float32)."""
+    if device.type == "cuda":
+        return [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+    return [torch.bfloat16] if device.type == "cpu" and cpu_has_bfloat16() else []
+
+
 def precision_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype a stage runs with; None for float32. ``auto``: bfloat16 where the hardware has it (a CPU
     with native bfloat16, a CUDA card that supports it), float32 elsewhere."""

@@ -7,8 +7,9 @@ Run after `make run` (it reads that run's results/ and config/config.yaml, and w
 Per stage it trains or runs the stage's own package function twice, in float32 and in the mixed precision
 (`--precision`, default auto), and prints the stage's own quality figure for both and the time ratio:
 world parser mIoU on held-out renders, gender AUROC against the world's truth, property-regressor r on held-out
-images, control r (fine-tuned generator, open and closed loop, against the world's truth) and the largest image
-difference of a StyleGAN 256 sample (random weights) in 1/255 steps.
+images, control r (fine-tuned generator, open and closed loop, against the world's truth), the largest image
+difference of a StyleGAN 256 sample (random weights) in 1/255 steps, and ten fine-tune steps (time per step, mean
+control loss).
 """
 
 import argparse
@@ -24,11 +25,13 @@ import yaml
 
 from vhuman.conditional import load_conditional_generator
 from vhuman.evaluation import evaluate
+from vhuman.finetune import Finetune, FinetuneSettings
 from vhuman.gender import ClassifierSettings, train_and_label, truth_check
-from vhuman.io import to_uint8
+from vhuman.generators import load_generator
+from vhuman.io import load_image_batch, load_torch_file, to_uint8
 from vhuman.labeling import read_labels
 from vhuman.properties import property_matrix
-from vhuman.regressor import RegressorSettings, train_regressor
+from vhuman.regressor import RegressorSettings, load_regressor, train_regressor
 from vhuman.runtime import precision_scope
 from vhuman.segmentation import ParserSettings, train_world_parser
 from vhuman.stylegan import StyleGANGenerator
@@ -99,6 +102,26 @@ def evaluation_stage(cfg, results, scratch, precision):
     return out
 
 
+def finetune_steps_stage(cfg, results, scratch, precision, steps=10):
+    """Ten steps of the fine-tune on the run's own data, critic and directions: seconds per step and the mean
+    control loss over them."""
+    base = load_generator(results / "models/synthetic_generator.pth")
+    properties = pd.read_parquet(results / "properties.parquet")
+    images = load_image_batch(results / "generated/images", list(properties["image_id"]), base.resolution)
+    settings = FinetuneSettings(**{**cfg["finetune"]["train"], "steps": steps})
+    directions = load_torch_file(results / "directions/directions.pth", what="latent directions")
+    regressor = load_regressor(results / "models/property_regressor.pth")
+    with precision_scope(CPU, precision):
+        run = Finetune(base, None, regressor, properties, images, settings, CPU, directions, {})
+        control, start = [], time.perf_counter()
+        for step in range(steps):
+            batch = run.draw_batch()
+            losses, fakes, cn = run.generator_step(batch)
+            run.discriminator_step(batch, fakes, cn, step)
+            control.append(float(losses["control"]))
+    return {"seconds per step": (time.perf_counter() - start) / steps, "mean control loss": float(np.mean(control))}
+
+
 _STYLEGAN = {}
 
 
@@ -123,6 +146,7 @@ STAGES = {
     "regressor": regressor_stage,
     "evaluation": evaluation_stage,
     "generate": generate_stage,
+    "finetune": finetune_steps_stage,
 }
 
 

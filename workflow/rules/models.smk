@@ -28,8 +28,6 @@ else:
             url=config["generator"]["url"],
             sha256=config["generator"]["sha256"],
             archive=None,
-        benchmark:
-            "results/benchmarks/download_generator.tsv"
         log:
             "logs/download_generator.log",
         script:

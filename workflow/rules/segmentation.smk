@@ -33,8 +33,6 @@ else:
             url=config["segmentation"]["url"],
             sha256=config["segmentation"]["sha256"],
             archive=config["segmentation"]["package_archive"],
-        benchmark:
-            "results/benchmarks/download_bisenet.tsv"
         log:
             "logs/download_bisenet.log",
         script:

@@ -118,7 +118,7 @@ def finetune_steps_stage(cfg, results, scratch, precision, steps=10):
             batch = run.draw_batch()
             losses, fakes, cn = run.generator_step(batch)
             run.discriminator_step(batch, fakes, cn, step)
-            control.append(float(losses["control"]))
+            control.append(float(losses["control"].detach()))
     return {"seconds per step": (time.perf_counter() - start) / steps, "mean control loss": float(np.mean(control))}
 
 

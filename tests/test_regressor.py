@@ -51,3 +51,21 @@ def test_any_step_count_the_schema_accepts_trains(world_on_disk, tmp_path, steps
     settings = RegressorSettings(**{**default_config()["finetune"]["regressor"], "steps": steps, "width": 4})
     metrics = train_regressor(folder, table.head(40), labels.head(40), settings, tmp_path / "r.pth", None, False)
     assert np.isfinite(metrics["eyes"]["mae"])
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_critic_reads_larger_images_in_mixed_precision(precision):
+    """The real config's critic reads 128-pixel copies of 256-pixel faces; resizing must work under autocast
+    (antialiased resizing has no bfloat16 kernel on the CPU) and agree with float32."""
+    from vhuman.regressor import PropertyRegressor
+    from vhuman.runtime import precision_scope
+
+    torch.manual_seed(0)
+    critic = PropertyRegressor(width=8, input_size=128).eval()
+    images = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        full, _ = critic(images)
+        with precision_scope(torch.device("cpu"), precision):
+            mixed, _ = critic(images.to(getattr(torch, precision)))
+    assert mixed.shape == (2, len(PROPERTY_NAMES))
+    assert torch.allclose(mixed.float(), full, atol=0.05)

@@ -40,6 +40,7 @@ from vhuman.io import load_torch_file, save_torch_atomic
 from vhuman.latents import truncate
 from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
+from vhuman.runtime import loss_scaler, scaled_step
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
 
@@ -182,6 +183,8 @@ class Finetune:
             betas=(0.0, 0.99),
         )
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=settings.lr_discriminator, betas=(0.0, 0.99))
+        # Loss scaling under float16 autocast (a pass-through in other precisions); built inside the stage's scope.
+        self.scaler_g, self.scaler_d = loss_scaler(device), loss_scaler(device)
         self.sampler = ConditionSampler(properties, settings.replace_probability, self.gen)
         self.span = (self.sampler.hi - self.sampler.lo).to(device)
         self.fingerprint = settings_hash(
@@ -204,6 +207,7 @@ class Finetune:
             "discriminator": self.disc.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "scalers": [self.scaler_g.state_dict(), self.scaler_d.state_dict()],
             "generator_rng": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -224,6 +228,9 @@ class Finetune:
         self.disc.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        for scaler, saved in zip((self.scaler_g, self.scaler_d), state.get("scalers", [{}, {}]), strict=True):
+            if scaler.is_enabled() and saved:  # a disabled scaler's state is empty
+                scaler.load_state_dict(saved)
         self.gen.set_state(state["generator_rng"])
         torch.set_rng_state(state["torch_rng"])
         tqdm.write(f"resuming the fine-tune from step {state['step']} ({state_path})")
@@ -265,20 +272,17 @@ class Finetune:
             + s.keep_weight * losses["keep"]
             + s.adversarial_weight * losses["adversarial"]
         )
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
+        scaled_step(self.scaler_g, self.opt_g, g_loss)
         self.disc.requires_grad_(True)
         return losses, images, cn
 
     def discriminator_step(self, b: Batch, images: torch.Tensor, cn: torch.Tensor, step: int) -> torch.Tensor:
         s, disc = self.settings, self.disc
         d_loss = F.softplus(disc(images.detach(), cn)).mean() + F.softplus(-disc(b.real, b.real_cn)).mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        penalty = []
         if s.r1_gamma > 0 and step % s.r1_every == 0:
-            (s.r1_gamma / 2 * _r1(disc, b.real, b.real_cn) * s.r1_every).backward()
-        self.opt_d.step()
+            penalty.append(s.r1_gamma / 2 * _r1(disc, b.real, b.real_cn) * s.r1_every)
+        scaled_step(self.scaler_d, self.opt_d, d_loss, *penalty)
         return d_loss
 
     def update_ema(self) -> None:

@@ -21,6 +21,7 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman.io import load_image_batch, load_torch_file, save_torch_atomic, write_json, write_parquet_atomic
+from vhuman.runtime import loss_scaler, scaled_step
 
 
 @dataclass
@@ -119,6 +120,7 @@ def train_fold(
     steps = settings.max_epochs * -(-len(train_idx) // settings.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=steps, pct_start=0.15)
     best, best_state, stale, history = float("inf"), None, 0, []
+    scaler = loss_scaler(next(model.parameters()).device)
     val = [t[val_idx] for t in (female, good, has_quality)]
     for epoch in range(settings.max_epochs):
         model.train()
@@ -131,9 +133,7 @@ def train_fold(
             x = x * (1 + 0.1 * (torch.rand(len(idx), 1, 1, 1, generator=gen) - 0.5))  # exposure jitter
             x = _random_shift(x, max(1, x.shape[-1] // 16), gen)
             loss = _loss(model(x), female[idx], good[idx], has_quality[idx], bad_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaled_step(scaler, opt, loss)
             schedule.step()
         model.eval()
         with torch.inference_mode():

@@ -18,6 +18,7 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman.io import load_image_batch, load_torch_file, save_torch_atomic, write_json
+from vhuman.runtime import loss_scaler, scaled_step
 from vhuman.vocabulary import PROPERTY_NAMES
 
 KIND = "vhuman-property-regressor"
@@ -56,7 +57,8 @@ class PropertyRegressor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[-1] != self.input_size:
-            images = F.interpolate(images, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
+            # Antialiased resizing has no bfloat16 kernel on the CPU: resize in float32 (autocast leaves it be).
+            images = F.interpolate(images.float(), size=(self.input_size,) * 2, mode="bilinear", antialias=True)
         out = self.head(self.features(images))
         return out[:, :-1], out[:, -1]
 
@@ -93,6 +95,7 @@ def train_regressor(
     model = PropertyRegressor(settings.width, settings.input_size)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = lr_schedule(opt, settings.lr, settings.steps)
+    scaler = loss_scaler(next(model.parameters()).device)
     bar = tqdm(range(settings.steps), desc="property regressor", disable=not progress)
     for step in bar:
         idx = train[torch.randint(0, len(train), (settings.batch_size,), generator=gen)]
@@ -101,9 +104,7 @@ def train_regressor(
         m = valid[idx].float()
         loss = ((pred - targets[idx]) ** 2 * m).sum() / m.sum().clamp(min=1) * 10
         loss = loss + F.binary_cross_entropy_with_logits(logit, female[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaled_step(scaler, opt, loss)
         sched.step()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.detach().item():.3f}")

@@ -30,16 +30,37 @@ def mixed_dtypes(device: torch.device) -> list[torch.dtype]:
     return [torch.bfloat16] if device.type == "cpu" and cpu_has_bfloat16() else []
 
 
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
 def precision_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype a stage runs with; None for float32. ``auto``: bfloat16 where the hardware has it (a CPU
-    with native bfloat16, a CUDA card that supports it), float32 elsewhere."""
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, float32 or bfloat16, got {precision!r}")
-    return torch.bfloat16 if torch.bfloat16 in mixed_dtypes(device) else None
+    with native bfloat16, a CUDA card that supports it), float16 on a CUDA card without bfloat16, float32
+    elsewhere. Training under float16 scales its losses (``loss_scaler``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        native = mixed_dtypes(device)
+        return torch.bfloat16 if torch.bfloat16 in native else (native[0] if native else None)
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+def loss_scaler(device: torch.device | str) -> torch.amp.GradScaler:
+    """A gradient scaler for the training loop running here: active under float16 autocast (whose narrow range
+    flushes small gradients to zero), a pass-through otherwise, so loops call it the same way in every precision."""
+    kind = torch.device(device).type
+    active = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+    return torch.amp.GradScaler(kind, enabled=active)
+
+
+def scaled_step(scaler: torch.amp.GradScaler, optimiser: torch.optim.Optimizer, *losses: torch.Tensor) -> None:
+    """Backward through every loss (scaled when float16 needs it), then one optimiser step; a step whose gradients
+    overflowed is skipped and the scale lowered, as GradScaler does."""
+    optimiser.zero_grad(set_to_none=True)
+    for loss in losses:
+        scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from vhuman.io import (
     save_torch_atomic,
     write_json,
 )
+from vhuman.runtime import loss_scaler, scaled_step
 from vhuman.vocabulary import CLASS_NAMES, LABEL_PALETTE
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -151,16 +152,14 @@ def train_world_parser(
     model = WorldParser(settings.width)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.1)
-    losses = []
+    losses, scaler = [], loss_scaler(next(model.parameters()).device)
     bar = tqdm(range(settings.steps), desc="world parser", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(images), (settings.batch_size,), generator=gen)
         x, y = _augment(images[idx], labels[idx], gen)
         model.train()
         loss = F.cross_entropy(model.logits_at(x, settings.train_mask_resolution), y, weight=class_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaled_step(scaler, opt, loss)
         sched.step()
         losses.append(loss.detach().item())
         if step % 50 == 0:

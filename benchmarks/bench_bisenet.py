@@ -31,10 +31,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", help="a 79999_iter.pth to time instead of random weights")
+    ap.add_argument(
+        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     net = load_bisenet(args.weights) if args.weights else BiSeNet().eval()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(name) for name in args.devices]
     print(f"torch {torch.__version__}, {args.threads} CPU threads, input 512x512")
     for device in devices:
         net.to(device)

@@ -74,7 +74,9 @@ def main():
     ap.add_argument("--cuda-batch", type=int, default=16, help="the real config's fine-tune batch")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-cpu", action="store_true", help="only the CUDA rows")
+    ap.add_argument(
+        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     real = yaml.safe_load(open(REAL))["finetune"]
@@ -84,9 +86,7 @@ def main():
         "critic_input": real["regressor"]["input_size"],
     }
     world = random_world(64, 256, torch.Generator().manual_seed(0))
-    devices = ([] if args.no_cpu else [torch.device("cpu")]) + (
-        [torch.device("cuda")] if torch.cuda.is_available() else []
-    )
+    devices = [torch.device(name) for name in args.devices]
     print(f"torch {torch.__version__}, {args.threads} CPU threads, StyleGAN 256, real config fine-tune settings")
     for device in devices:
         batch = args.cuda_batch if device.type == "cuda" else args.cpu_batch
@@ -100,8 +100,7 @@ def main():
             base = base or seconds
             memory = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
             print(
-                f"{name}: batch {batch}, {precision:8s} {seconds:7.3f} s/step, "
-                f"{base / seconds:4.2f}x float32{memory}",
+                f"{name}: batch {batch}, {precision:8s} {seconds:7.3f} s/step, {base / seconds:4.2f}x float32{memory}",
                 flush=True,
             )
 

@@ -35,11 +35,14 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     generator = load_generator(args.checkpoint) if args.checkpoint else StyleGANGenerator(256)
     generator.eval()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(name) for name in args.devices]
     print(f"torch {torch.__version__}, {args.threads} CPU threads, {generator.resolution}x{generator.resolution}")
     for device in devices:
         generator.to(device)

@@ -19,6 +19,7 @@ LAYERS = [
     {"generate", "labeling", "gender", "segmentation", "properties", "regressor"},  # stages 1 to 6a
     {"directions"},  # stage 6b
     {"conditional"},  # the conditional generator and its file
+    {"amortise"},  # stage 6c's second part: the closed loop amortised into the mapping
     {"finetune", "evaluation", "pictures"},  # stages 6c and 7
     {"cli"},  # the commands
 ]

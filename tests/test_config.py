@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, default_config
+from vhuman.amortise import AmortiseSettings
 from vhuman.finetune import FinetuneSettings
 from vhuman.gender import ClassifierSettings
 from vhuman.regressor import RegressorSettings
@@ -89,6 +90,7 @@ def test_both_configs_validate(name):
     "cls, path",
     [
         (FinetuneSettings, "finetune.train"),
+        (AmortiseSettings, "finetune.amortise"),
         (RegressorSettings, "finetune.regressor"),
         (ClassifierSettings, "gender_cnn"),
         (ParserSettings, "segmentation.world_parser"),

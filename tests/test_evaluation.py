@@ -1,6 +1,7 @@
 """Evaluation of control: metrics on perfect and useless controllers, and the sweep with the exact truth."""
 
 import numpy as np
+import pytest
 import torch
 
 from vhuman.conditional import ConditionalGenerator, ConditionalMapping
@@ -43,3 +44,20 @@ def test_evaluate_with_truth_runs(base, world, directions):
     ctrl = DirectionsController(base, directions["weights"], directions["bias"], directions["fixed_targets"])
     moved = evaluate(ctrl, rows, num_z=3, levels=3, seed=0, with_truth=True, progress=False)["truth"]
     assert all(moved[n]["unmeasured_attributes_movement"] > 0.005 for n in PROPERTY_NAMES)
+
+
+def test_control_metrics_give_the_spread_across_z_and_the_share_within_a_tenth():
+    from vhuman.evaluation import control_metrics
+
+    levels = np.array([0.0, 0.5, 1.0])
+    k = PROPERTY_NAMES.index("eyes")
+    requested = np.zeros((12, len(PROPERTY_NAMES)))
+    requested[:, k] = np.tile(levels, 4)
+    measured = requested.copy()
+    # four faces per level: two land exactly, two land 0.2 off in opposite directions
+    measured[:, k] += np.repeat([0.0, 0.0, 0.2, -0.2], 3)
+    swept = np.full(12, k)
+    z_index = np.repeat(np.arange(4), 3)
+    eyes = control_metrics(requested, measured, swept, z_index)["eyes"]
+    assert eyes["share_within_0.1"] == pytest.approx(0.5)
+    assert eyes["spread_across_z"] == pytest.approx(np.std([0.0, 0.0, 0.2, -0.2]))

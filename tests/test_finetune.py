@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import default_config
+from vhuman.amortise import AmortiseSettings
 from vhuman.conditional import load_conditional_generator
 from vhuman.finetune import FinetuneSettings, finetune
 from vhuman.latents import truncate
@@ -24,7 +25,7 @@ def run_finetune(base, world, directions, tmp_path):
     torch.manual_seed(0)
     regressor = PropertyRegressor(width=8)  # untrained critic: enough to test the mechanics, not the quality
 
-    def run(settings, out_name, work="work", run_directions=directions):
+    def run(settings, out_name, work="work", run_directions=directions, amortise=None):
         finetune(
             base,
             None,
@@ -38,6 +39,7 @@ def run_finetune(base, world, directions, tmp_path):
             torch.device("cpu"),
             progress=False,
             directions=run_directions,
+            amortise_settings=amortise,
         )
         return tmp_path / out_name
 
@@ -92,3 +94,18 @@ def test_finetune_resumes_to_the_clean_result_and_starts_over_when_it_must(run_f
     # Other settings do not reuse the state.
     run_finetune(tiny_settings(control_weight=1.0), "other.pth")
     assert steps_logged(tmp_path / "work") == [3]
+
+
+@pytest.mark.parametrize("samples", [0, 8])
+def test_finetune_amortises_its_loop_when_asked(run_finetune, tmp_path, samples):
+    small = {"samples": samples, "steps": 3, "round_samples": 8, "round_steps": 2, "batch_size": 8}
+    amortise = AmortiseSettings(**{**default_config()["finetune"]["amortise"], **small})
+    path = run_finetune(tiny_settings(), "ft.pth", amortise=amortise)
+    model = load_conditional_generator(path, closed_loop_steps=0)
+    saved = torch.load(path, weights_only=False)
+    if samples:
+        assert int(model.cond_mapping.latent_steps) == amortise.drawing_steps
+        assert len(saved["amortise"]["landing_rms"]) == amortise.rounds
+        assert (tmp_path / "work" / "amortise.json").exists()
+    else:
+        assert model.cond_mapping.latent_model is None and "amortise" not in saved

@@ -31,6 +31,7 @@ TINY_REAL = {
         "regressor": {"input_size": 64, "steps": 10, "batch_size": 8, "width": 8},
         # One loop step keeps the closed loop on the path while halving the syntheses per drawn face.
         "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 1, "log_every": 2, "closed_loop_steps": 1},
+        "amortise": {"samples": 4, "loop_steps": 1, "steps": 2, "rounds": 1, "round_samples": 4, "batch_size": 4},
     },
     "directions": {"layer_probe_images": 2},
     "evaluation": {"num_z": 2, "levels": 3, "picture_seeds": [0]},

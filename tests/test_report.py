@@ -12,9 +12,15 @@ def test_metrics_table_flattens_nested_values_and_draws_record_lists():
 
 def test_control_table_has_a_row_per_property_and_model():
     stats = {"pearson_r": 0.5, "mae": 0.1, "share_of_z_passing": 0.2, "unmeasured_attributes_movement": 0.0123}
-    control = {"finetuned": {"female_rate": 0.9, "truth": {"eyes": stats, "mouth": stats}}, "directions": {}}
+    cost = {"syntheses": 3, "critic_passes": 2, "latent_model_steps": 5}
+    control = {
+        "finetuned": {"female_rate": 0.9, "cost_per_face": cost, "truth": {"eyes": stats, "mouth": stats}},
+        "directions": {},
+    }
     page = control_table_html(control)
     assert page.count("<td>eyes</td>") == 1 and page.count("<td>mouth</td>") == 1
+    assert "cost per drawn face: syntheses 3, critic passes 2, latent model steps 5" in page
+    assert "<td>syntheses</td>" not in page  # the cost is a line, not a measurement table
     assert "female_rate 0.9" in page and "<h2>directions</h2>" in page
     assert "<th>unmeasured_attributes_movement</th>" in page and page.count("<td>0.0123</td>") == 2
 

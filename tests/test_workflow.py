@@ -43,6 +43,7 @@ TINY = {
     "finetune": {
         "regressor": {"input_size": 64, "steps": 20, "batch_size": 16, "lr": 0.002, "width": 8, "seed": 0},
         "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 3},
+        "amortise": {"samples": 16, "steps": 20, "round_samples": 8, "round_steps": 10, "batch_size": 8},
     },
     "evaluation": {"num_z": 3, "levels": 3, "seed": 0, "picture_seeds": [0, 1]},
     "report": {"grid_rows": 2, "grid_cols": 4},

@@ -2,7 +2,9 @@
 
 ``ConditionalMapping`` is a trainable copy of the base mapping with the (normalised) property vector added to its
 first layer through zero-started weights, followed by the latent-directions edit scaled by per-property gates that
-start at zero, so a fresh model draws exactly what the base draws. The synthesis stays the frozen base synthesis.
+start at zero, so a fresh model draws exactly what the base draws. A ``LatentPropertyModel`` (trained by
+vhuman.amortise) then refines the codes by a few Newton steps along the directions, reading the properties off
+the codes instead of off a drawn picture: the closed loop, amortised. The synthesis stays the frozen base synthesis.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vhuman.directions import ClosedLoop, Controller, layer_mask_or_ones, masked_gram_inv, move_to_linear_target
+from vhuman.directions import (
+    ClosedLoop,
+    Controller,
+    layer_mask_or_ones,
+    layer_step,
+    masked_gram_inv,
+    move_to_linear_target,
+)
 from vhuman.discriminator import StyleGANDiscriminator
 from vhuman.generators import Generator, generator_from_record, generator_record
 from vhuman.genforce import discriminator_from_checkpoint
@@ -23,6 +32,27 @@ from vhuman.regressor import PropertyRegressor
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
 KIND = "vhuman-conditional-generator"
+
+
+class LatentPropertyModel(nn.Module):
+    """What the critic reads off the picture (the properties, then p(female)), predicted from the per-layer codes
+    alone: one small tanh network per layer on the standardised code, summed, and squashed into each row's range
+    (a critic's reading saturates at the ends of its range, and so does this model's)."""
+
+    def __init__(self, num_layers: int, w_dim: int, hidden: int, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        self.per_layer = nn.ModuleList(
+            nn.Sequential(nn.Linear(w_dim, hidden), nn.Tanh(), nn.Linear(hidden, len(low))) for _ in range(num_layers)
+        )
+        self.register_buffer("w_mean", torch.zeros(w_dim))
+        self.register_buffer("w_std", torch.ones(w_dim))
+        self.register_buffer("low", low.float().clone())
+        self.register_buffer("high", high.float().clone())
+
+    def forward(self, wp: torch.Tensor) -> torch.Tensor:
+        x = (wp - self.w_mean) / self.w_std
+        logit = sum(net(x[:, layer]) for layer, net in enumerate(self.per_layer))
+        return self.low + (self.high - self.low) * torch.sigmoid(logit)
 
 
 class ConditionalMapping(nn.Module):
@@ -61,7 +91,16 @@ class ConditionalMapping(nn.Module):
             self.direction_gate = nn.Parameter(torch.zeros(len(weights)))
         else:
             self.direction_gate = None
-        self.num_layers = base.num_layers
+        self.num_layers, self.z_dim = base.num_layers, base.z_dim
+        self.latent_model: LatentPropertyModel | None = None
+        self.register_buffer("latent_steps", torch.tensor(0))
+
+    def attach_latent_model(self, model: LatentPropertyModel, steps: int) -> None:
+        """Refine every drawing by ``steps`` Newton steps with ``model`` (needs the directions)."""
+        if self.direction_gate is None:
+            raise ValueError("the latent property model moves codes along the directions: give the directions")
+        self.latent_model = model
+        self.latent_steps.fill_(int(steps))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """wp [N, L, w_dim], before truncation."""
@@ -72,9 +111,17 @@ class ConditionalMapping(nn.Module):
         current = x @ self.direction_weights.t() + self.direction_bias
         wanted = torch.cat([c, self.direction_fixed_targets.expand(len(c), -1)], dim=1)
         target = current + self.direction_gate * (wanted - current)
-        return move_to_linear_target(
+        wp = move_to_linear_target(
             x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target, self.direction_layer_mask
         )
+        return self.latent_refine(wp, wanted)
+
+    def latent_refine(self, wp: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        """The closed loop's correction with the latent property model as reader: no picture, no critic."""
+        for _ in range(int(self.latent_steps) if self.latent_model is not None else 0):
+            gap = wanted - self.latent_model(wp)
+            wp = wp + layer_step(gap @ self.direction_gram_inv, self.direction_weights, self.direction_layer_mask)
+        return wp
 
 
 class ConditionalGenerator(Controller):
@@ -172,7 +219,12 @@ def load_conditional_generator(path: str | Path, closed_loop_steps: int | None =
         }
         # Files from before per-layer edits moved every layer alike.
         state.setdefault("direction_layer_mask", torch.ones(k, base.num_layers))
+    state.setdefault("latent_steps", torch.tensor(0))  # files from before the amortised loop
     mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n), directions)
+    if "latent_model.low" in state:
+        hidden, rows = state["latent_model.per_layer.0.0.weight"].shape[0], len(state["latent_model.low"])
+        empty = torch.zeros(rows)
+        mapping.attach_latent_model(LatentPropertyModel(base.num_layers, base.w_dim, hidden, empty, empty), 0)
     mapping.load_state_dict(state, strict=True)
     return ConditionalGenerator(
         base, mapping, ckpt["property_names"], closed_loop_from(ckpt, mapping, closed_loop_steps)

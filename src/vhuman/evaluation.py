@@ -37,7 +37,9 @@ def nuisance_movement(params: np.ndarray, swept: np.ndarray, z_index: np.ndarray
 
 def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict:
     """Per property: Pearson r and MAE (requested vs measured), share of z passing the cutoff, other properties'
-    movement during the sweep (mean over z and properties of their std across levels, in range units)."""
+    movement during the sweep (mean over z and properties of their std across levels, in range units), and what a
+    user sees for one request: the spread of the drawn value across z at each level (mean over levels of the std)
+    and the share of faces drawn within 0.1 of the request (in the property's own units)."""
     out = {}
     span = np.array([RANGES[n][1] - RANGES[n][0] for n in PROPERTY_NAMES])
     for k, name in enumerate(PROPERTY_NAMES):
@@ -54,6 +56,7 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
             others = np.delete(measured[rows], k, axis=1) / np.delete(span, k)
             movement.append(np.nanmean(np.nanstd(others, axis=0)))
         cutoff = CUTOFFS.get(name, DEFAULT_CUTOFF)
+        spread = [np.std(got[ok & (req == level)]) for level in np.unique(req) if (ok & (req == level)).sum() > 1]
         out[name] = {
             "pearson_r": r,
             "mae": float(np.mean(np.abs(req[ok] - got[ok]))) if ok.any() else float("nan"),
@@ -61,8 +64,20 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
             "cutoff": cutoff,
             "share_of_z_passing": float(np.mean(np.array(per_z) >= cutoff)),
             "other_properties_movement": float(np.nanmean(movement)),
+            "spread_across_z": float(np.mean(spread)) if spread else float("nan"),
+            "share_within_0.1": float(np.mean(np.abs(req[ok] - got[ok]) <= 0.1)) if ok.any() else float("nan"),
         }
     return out
+
+
+def drawing_cost(controller) -> dict:
+    """What one drawn face costs: syntheses and critic passes (the closed loop's), and Newton steps with the
+    latent property model (a small network on the codes; no picture)."""
+    loop = getattr(controller, "closed_loop", None)
+    steps = loop.steps if loop is not None else 0
+    mapping = getattr(controller, "cond_mapping", None)
+    latent = int(mapping.latent_steps) if mapping is not None and mapping.latent_model is not None else 0
+    return {"syntheses": 1 + steps, "critic_passes": steps, "latent_model_steps": latent}
 
 
 def evaluate(
@@ -105,7 +120,7 @@ def evaluate(
             parsed.append(measure_images(images))
         if female_rate is not None:
             female.append(female_rate(images))
-    result = {"num_z": num_z, "levels": levels, "images": len(requested)}
+    result = {"num_z": num_z, "levels": levels, "images": len(requested), "cost_per_face": drawing_cost(controller)}
     if with_truth:
         params = np.concatenate(truth)
         result["truth"] = control_metrics(requested, params[:, PROPERTY_COLUMNS], swept, z_index)

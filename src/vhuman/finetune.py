@@ -8,6 +8,8 @@ Only the conditional mapping (vhuman.conditional) trains; the synthesis stays fr
 * realism: a discriminator conditioned on the properties (the base checkpoint's where it has one), with the
   non-saturating loss and lazy R1.
 
+Then the closed loop is amortised into the mapping (vhuman.amortise), so that one synthesis meets the request.
+
 The loop is cut into restore / generator step / discriminator step / log / export, and knows no network's class.
 Its precision is the stage's (vhuman.runtime.precision_scope around the call).
 An EMA copy of the mapping is what gets saved. Training resumes from its last state after a kill.
@@ -16,7 +18,6 @@ An EMA copy of the mapping is what gets saved. Training resumes from its last st
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vhuman.amortise import AmortiseSettings, amortise
 from vhuman.conditional import (
     ClosedLoop,
     ConditionalGenerator,
@@ -36,7 +38,7 @@ from vhuman.conditional import (
     save_conditional_generator,
 )
 from vhuman.generators import Generator
-from vhuman.io import load_torch_file, save_torch_atomic
+from vhuman.io import append_csv_row, load_torch_file, save_torch_atomic, write_json
 from vhuman.latents import truncate
 from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
@@ -300,6 +302,19 @@ class Finetune:
         self.model.cond_mapping = self.mapping
         return row
 
+    def amortise(self, settings: AmortiseSettings, progress: bool) -> dict:
+        """Teach the EMA mapping (the one saved) to do the closed loop's work without drawing."""
+        base, psi = self.base, self.settings.truncation_psi
+        return amortise(
+            self.ema,
+            lambda wp: base.synthesis(truncate(wp, base.w_avg, base.num_layers, psi)),
+            self.regressor,
+            self.sampler,
+            settings,
+            self.device,
+            progress,
+        )
+
     def export(self, out_path: Path, record: dict) -> dict:
         closed_loop = None
         if self.ema.direction_gate is not None:
@@ -315,15 +330,6 @@ class Finetune:
         )
 
 
-def append_csv_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def finetune(
     base: Generator,
     base_checkpoint,
@@ -337,12 +343,15 @@ def finetune(
     device: torch.device,
     progress: bool = True,
     directions: dict | None = None,
+    amortise_settings: AmortiseSettings | None = None,
 ) -> dict:
     """Train, checkpointing to ``work_dir/state.pth``; write the EMA model to ``out_path``.
 
     ``real_images`` are the female subset's images (uint8 [N, 3, H, W]) paired row by row with ``properties``.
     ``record`` is stored in the output file (base checkpoint's sha256, config, ...). ``directions``
     (``fit_directions``' dict) is the latent-directions baseline's linear model, the mapping's gated starting edit.
+    With ``amortise_settings`` the closed loop is then amortised into the mapping; that part is deterministic and
+    reruns whole after a kill (its figures go to ``work_dir/amortise.json`` and into the file's record).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -380,4 +389,7 @@ def finetune(
             bar.set_postfix(control=f"{row['control']:.4f}", female=f"{row['female_rate']:.2f}")
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             save_torch_atomic(run.state(done), state_path)
+    if amortise_settings is not None and amortise_settings.samples > 0 and run.ema.direction_gate is not None:
+        record = {**record, "amortise": run.amortise(amortise_settings, progress)}
+        write_json(record["amortise"], work_dir / "amortise.json")
     return run.export(Path(out_path), record)

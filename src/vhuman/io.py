@@ -7,6 +7,7 @@ never leaves a half-written artifact that Snakemake would take for finished.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import math
@@ -187,3 +188,13 @@ def logging_to(path: str | Path | None) -> Iterator[None]:
             raise
         finally:
             sys.stdout, sys.stderr = old_out, old_err
+
+
+def append_csv_row(path: Path, row: dict) -> None:
+    """One row appended to a CSV log (its header written first when the file is new)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

@@ -152,13 +152,15 @@ def metrics_table_html(data: dict, title: str, max_records: int = 60) -> str:
 def control_table_html(control: dict) -> str:
     """control.json as one table per model and measurement: a row per property, a column per metric."""
 
-    columns = ["pearson_r", "mae", "share_of_z_passing", "cutoff", "other_properties_movement", "valid_share"]
+    columns = ["pearson_r", "mae", "spread_across_z", "share_within_0.1", "share_of_z_passing", "cutoff"]
+    columns += ["other_properties_movement", "valid_share"]
     parts = []
     for model, result in control.items():
         summary = ", ".join(f"{k} {_cell(v)}" for k, v in result.items() if not isinstance(v, dict))
-        parts.append(f"<h2>{escape(model)}</h2><p>{summary}</p>")
+        cost = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.get("cost_per_face", {}).items())
+        parts.append(f"<h2>{escape(model)}</h2><p>{summary}</p><p>cost per drawn face: {cost or 'not recorded'}</p>")
         for measured_by, per_property in result.items():
-            if not isinstance(per_property, dict):
+            if not isinstance(per_property, dict) or measured_by == "cost_per_face":
                 continue
             # Metrics only some measurements have (the truth's unmeasured attributes) go after the common ones.
             shown = columns + [k for k in next(iter(per_property.values()), {}) if k not in columns]

@@ -13,6 +13,7 @@ rule finetune:
     params:
         precision=config["precision"],
         settings=config["finetune"]["train"],
+        amortise=config["finetune"]["amortise"],
         # checkpoints and the training log, beside the model: results/finetune/
         work_dir=lambda wildcards, output: str(Path(output[0]).with_name("finetune")),
         kind=config["generator"]["kind"],

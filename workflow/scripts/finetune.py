@@ -1,6 +1,7 @@
 import pandas as pd
 import torch
 
+from vhuman.amortise import AmortiseSettings
 from vhuman.finetune import FinetuneSettings, finetune
 from vhuman.generators import load_generator
 from vhuman.io import load_image_batch, load_torch_file, logging_to, sha256_file
@@ -30,4 +31,5 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
         record,
         pick_device(snakemake.params.device),
         directions=directions,
+        amortise_settings=AmortiseSettings(**snakemake.params.amortise),
     )

@@ -2,6 +2,7 @@
 picture, and travels in the fine-tuned file."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -121,3 +122,15 @@ def test_the_amortised_mapping_travels_in_the_file_and_draws_in_one_synthesis(ba
     assert drawing_cost(looped) == {"syntheses": 3, "critic_passes": 2, "latent_model_steps": settings().drawing_steps}
     plain = ConditionalGenerator(base, gated_mapping(base, world, directions))
     assert drawing_cost(plain)["latent_model_steps"] == 0
+
+
+def test_points_that_are_not_finite_are_dropped_before_the_fit():
+    from vhuman.amortise import finite_only
+
+    codes, reads = torch.randn(5, 2, 4), torch.rand(5, 3)
+    codes[1, 0, 2] = float("inf")
+    reads[3, 1] = float("nan")
+    kept_codes, kept_reads, dropped = finite_only(codes, reads)
+    assert dropped == 2 and torch.equal(kept_codes, codes[[0, 2, 4]]) and torch.equal(kept_reads, reads[[0, 2, 4]])
+    with pytest.raises(FloatingPointError, match="float16"):
+        finite_only(codes, torch.full((5, 3), float("nan")))

@@ -99,6 +99,18 @@ def landing_readings(reader: Reader, requests, n: int, batch: int, gen, device) 
     return torch.cat(codes), torch.cat(reads)
 
 
+def finite_only(codes: torch.Tensor, reads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Drop points whose codes or readings are not finite (float16 syntheses can overflow far from the data, and
+    one NaN would spoil the whole fit); also returns how many were dropped."""
+    keep = codes.flatten(1).isfinite().all(1) & reads.isfinite().all(1)
+    if not keep.any():
+        raise FloatingPointError(
+            "amortise: the critic read no finite value off the drawn faces; if precision is float16, the synthesis "
+            "overflowed: set precision to bfloat16 or float32"
+        )
+    return codes[keep], reads[keep], int((~keep).sum())
+
+
 def fit(model: LatentPropertyModel, codes, reads, steps: int, lr: float, batch: int, gen, device) -> None:
     model.requires_grad_(True).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -138,7 +150,7 @@ def amortise(
     p(female)) on held-out trajectory points and, per round, on the model's own landing points before refitting."""
     gen = torch.Generator().manual_seed(settings.seed)
     reader = Reader(mapping, draw, critic.eval().requires_grad_(False))
-    codes, reads = trajectory_readings(reader, requests, settings, gen, device, progress)
+    codes, reads, dropped = finite_only(*trajectory_readings(reader, requests, settings, gen, device, progress))
     held = torch.zeros(len(codes), dtype=torch.bool)
     held[torch.randperm(len(codes), generator=gen)[: max(1, len(codes) // 20)]] = True
     low, high = row_ranges()
@@ -154,10 +166,12 @@ def amortise(
         land_codes, land_reads = landing_readings(
             reader, requests, settings.round_samples, settings.batch_size, gen, device
         )
+        land_codes, land_reads, lost = finite_only(land_codes, land_reads)
+        dropped += lost
         figures["landing_rms"].append(rms_by_row(model, land_codes, land_reads, device))
         train_codes, train_reads = torch.cat([train_codes, land_codes]), torch.cat([train_reads, land_reads])
         fit(model, train_codes, train_reads, settings.round_steps, settings.lr * 0.3, settings.batch_size, gen, device)
     figures["rows"] = list(PROPERTY_NAMES) + ["female"][: reader.rows - len(PROPERTY_NAMES)]
-    figures["training_points"] = len(train_codes)
+    figures["training_points"], figures["dropped_non_finite_points"] = len(train_codes), dropped
     figures["mean_landing_rms_last_round"] = float(np.mean(figures["landing_rms"][-1])) if settings.rounds else None
     return figures

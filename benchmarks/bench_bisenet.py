@@ -8,7 +8,7 @@ import time
 import torch
 
 from vhuman.bisenet import BiSeNet, load_bisenet
-from vhuman.runtime import mixed_dtypes
+from vhuman.runtime import device_names, mixed_dtypes
 
 
 def parse_rate(net, x, repeats, dtype):
@@ -31,9 +31,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", help="a 79999_iter.pth to time instead of random weights")
-    ap.add_argument(
-        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
-    )
+    ap.add_argument("--devices", nargs="+", default=device_names(), help="cpu, cuda (default: those present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     net = load_bisenet(args.weights) if args.weights else BiSeNet().eval()

@@ -20,7 +20,7 @@ import yaml
 from vhuman.discriminator import StyleGANDiscriminator
 from vhuman.finetune import Finetune, FinetuneSettings
 from vhuman.regressor import PropertyRegressor
-from vhuman.runtime import mixed_dtypes, precision_scope
+from vhuman.runtime import device_names, mixed_dtypes, precision_scope
 from vhuman.stylegan import StyleGANGenerator
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
@@ -74,9 +74,7 @@ def main():
     ap.add_argument("--cuda-batch", type=int, default=16, help="the real config's fine-tune batch")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
-    )
+    ap.add_argument("--devices", nargs="+", default=device_names(), help="cpu, cuda (default: those present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     real = yaml.safe_load(open(REAL))["finetune"]

@@ -10,7 +10,7 @@ import time
 import torch
 
 from vhuman.generators import load_generator
-from vhuman.runtime import mixed_dtypes
+from vhuman.runtime import device_names, mixed_dtypes
 from vhuman.stylegan import StyleGANGenerator
 
 
@@ -35,9 +35,7 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []), help="cpu, cuda"
-    )
+    ap.add_argument("--devices", nargs="+", default=device_names(), help="cpu, cuda (default: those present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     generator = load_generator(args.checkpoint) if args.checkpoint else StyleGANGenerator(256)

@@ -16,6 +16,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def device_names() -> list[str]:
+    """The devices a benchmark times by default: the CPU, and CUDA when present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def cpu_has_bfloat16() -> bool:
     """Native bfloat16 arithmetic on this CPU (AVX-512 BF16 or AMX); without it bfloat16 is emulated and slow."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -155,7 +155,7 @@ def main():
     ap.add_argument("--results", default="results", type=Path)
     ap.add_argument("--config", default="config/config.yaml", type=Path)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-    ap.add_argument("--precision", default="auto", choices=["auto", "bfloat16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = ap.parse_args()

@@ -15,13 +15,13 @@ from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
 PROPERTY_COLUMNS = [PARAM_INDEX[n] for n in PROPERTY_NAMES]
 
 
-def truth_of(controller, z: torch.Tensor, c: torch.Tensor, psi: float = 1.0) -> np.ndarray:
-    """Synthetic world: the exact render parameters of what the controller drew, [N, len(PARAM_NAMES)]."""
+def truth_of(controller, wp: torch.Tensor) -> np.ndarray:
+    """Synthetic world: the exact render parameters of the codes the controller drew, [N, len(PARAM_NAMES)]."""
     base = controller.base
     if not hasattr(base, "render_params"):
         raise TypeError("exact truth exists only for the synthetic world")
     with torch.inference_mode():
-        return base.render_params(controller.wp(z, c, psi)).cpu().numpy()
+        return base.render_params(wp).cpu().numpy()
 
 
 def nuisance_movement(params: np.ndarray, swept: np.ndarray, z_index: np.ndarray) -> dict[str, float]:
@@ -113,9 +113,10 @@ def evaluate(
         z = z_all[z_index[s : s + batch]].to(dev)
         c = torch.from_numpy(requested[s : s + batch]).to(dev)
         with torch.inference_mode():
-            images = controller(z, c)
+            wp = controller.wp(z, c)  # once: with a closed loop, each call draws and reads the faces again
+            images = controller.synthesis(wp)
         if with_truth:
-            truth.append(truth_of(controller, z, c))
+            truth.append(truth_of(controller, wp))
         if measure_images is not None:
             parsed.append(measure_images(images))
         if female_rate is not None:

@@ -10,7 +10,6 @@ layout for BiSeNet), so that a machine without the package index runs every rule
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -23,36 +22,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.test_real_path import NUM_MANUAL, REAL, TINY_REAL  # noqa: E402
+from tests.test_real_path import REAL, write_user_files  # noqa: E402
+from tests.test_workflow import workdir_copy  # noqa: E402
 from vhuman.bisenet import BiSeNet  # noqa: E402
 from vhuman.conditional import load_conditional_generator  # noqa: E402
-from vhuman.discriminator import StyleGANDiscriminator  # noqa: E402
-from vhuman.genforce import save_genforce_checkpoint  # noqa: E402
 from vhuman.io import save_torch_atomic, sha256_file  # noqa: E402
-from vhuman.stylegan import StyleGANGenerator  # noqa: E402
 
 
 def prepare(work: Path, device: str, precision: str) -> list[str]:
-    for name in ("Snakefile", "workflow", "config"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
-    torch.manual_seed(0)
-    stylegan = work / "data/weights/stylegan_celeba_partial256.pth"
-    generator = StyleGANGenerator(256)
-    save_genforce_checkpoint(stylegan, generator, StyleGANDiscriminator(256), generator_smooth=generator)
+    """The real-path test's user files, plus a random BiSeNet in the 79999_iter.pth layout."""
     bisenet = work / "data/weights/79999_iter.pth"
+    bisenet.parent.mkdir(parents=True)
     save_torch_atomic(BiSeNet().state_dict(), bisenet)
-    tiny = {
-        **TINY_REAL,
-        "device": device,
-        "precision": precision,
-        "generator": {"sha256": sha256_file(stylegan)},
-        "segmentation": {**TINY_REAL["segmentation"], "sha256": sha256_file(bisenet)},
-    }
+    tiny = write_user_files(work)
+    tiny |= {"device": device, "precision": precision}
+    tiny["segmentation"] = {**tiny["segmentation"], "sha256": sha256_file(bisenet)}
     (work / "device.yaml").write_text(yaml.safe_dump(tiny))
-    rows = ["image_id,gender,quality,labeled_at"]
-    rows += [f"{i:06d},{'female' if i % 3 else 'male'},good,2026-01-01T00:00:00+00:00" for i in range(NUM_MANUAL)]
-    (work / "data/labels").mkdir(parents=True)
-    (work / "data/labels/manual_labels.csv").write_text("\n".join(rows) + "\n")
     return ["--configfile", REAL, "device.yaml"]
 
 
@@ -64,20 +49,21 @@ def main():
     ap.add_argument("--cores", default="8")
     args = ap.parse_args()
     args.work.mkdir(parents=True)
-    config = prepare(args.work, args.device, args.precision)
+    work = workdir_copy(args.work)
+    config = prepare(work, args.device, args.precision)
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "snakemake", "--cores", args.cores, "--resources", "gpu=1", *config]
     for extra in ([], ["--report", "results/report.html"]):
-        proc = subprocess.run(cmd + extra, cwd=args.work, capture_output=True, text=True)
+        proc = subprocess.run(cmd + extra, cwd=work, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stdout[-3000:], proc.stderr[-6000:])
             raise SystemExit(f"snakemake {' '.join(extra)} failed")
     print(f"{args.device} {args.precision}: whole DAG and report in {time.perf_counter() - start:.0f} s")
-    for tsv in sorted((args.work / "results/benchmarks").glob("*.tsv")):
+    for tsv in sorted((work / "results/benchmarks").glob("*.tsv")):
         seconds = pd.read_csv(tsv, sep="\t")["s"].iloc[0]
         print(f"  {tsv.stem:24s} {seconds:7.1f} s")
-    control = json.loads((args.work / "results/evaluation/control.json").read_text())
-    model = load_conditional_generator(args.work / "results/finetuned.pth").to(args.device)
+    control = json.loads((work / "results/evaluation/control.json").read_text())
+    model = load_conditional_generator(work / "results/finetuned.pth").to(args.device)
     c = torch.full((2, 7), 0.5, device=args.device)
     images = model(torch.randn(2, model.z_dim, device=args.device), c)
     print(f"  control.json variants {sorted(control)}; finetuned.pth draws {tuple(images.shape)}")

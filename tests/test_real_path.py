@@ -39,19 +39,16 @@ TINY_REAL = {
 }
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    work = workdir_copy(tmp_path_factory.mktemp("real"))
-    # The user's downloaded StyleGAN: full size, random weights, GenForce's model-zoo layout (with its discriminator).
+def write_user_files(work) -> dict:
+    """What a user of the real config brings, written into ``work``: the downloaded StyleGAN (full size, random
+    weights, GenForce's model-zoo layout with its discriminator) and the hand labels of the first images, as the
+    labelling page writes them. Returns the tiny settings with that checkpoint's sha256."""
     torch.manual_seed(0)
     weights = work / "data" / "weights" / "stylegan_celeba_partial256.pth"
     generator = StyleGANGenerator(256)
     with torch.no_grad():
         generator.truncation.w_avg.normal_(0, 0.1)
     save_genforce_checkpoint(weights, generator, StyleGANDiscriminator(256), generator_smooth=generator)
-    tiny = {**TINY_REAL, "generator": {"sha256": sha256_file(weights)}}
-    (work / "tiny_real.yaml").write_text(yaml.safe_dump(tiny))
-    # The person's labels for the first images, as the labelling page writes them.
     labels = work / "data" / "labels" / "manual_labels.csv"
     labels.parent.mkdir(parents=True)
     rows = ["image_id,gender,quality,labeled_at"]
@@ -59,6 +56,13 @@ def real_run(tmp_path_factory):
         gender = "female" if i % 3 else "male"
         rows.append(f"{i:06d},{gender},{'bad' if i == 5 else 'good'},2026-01-01T00:00:{i:02d}+00:00")
     labels.write_text("\n".join(rows) + "\n")
+    return {**TINY_REAL, "generator": {"sha256": sha256_file(weights)}}
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    work = workdir_copy(tmp_path_factory.mktemp("real"))
+    (work / "tiny_real.yaml").write_text(yaml.safe_dump(write_user_files(work)))
     args = ("--configfile", REAL, "tiny_real.yaml")
     snakemake(work, *args)
     snakemake(work, *args, "--report", "results/report.html")

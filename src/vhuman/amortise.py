@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from vhuman.conditional import ConditionalMapping, LatentPropertyModel
-from vhuman.directions import critic_reading, layer_step
+from vhuman.directions import critic_reading
 from vhuman.regressor import PropertyRegressor
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
@@ -51,7 +51,7 @@ def row_ranges() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Reader:
-    """The critic's reading of drawn codes and the directions' step, for one mapping."""
+    """The critic's reading of drawn codes, for one mapping (whose ``step`` and ``wanted`` the loop uses)."""
 
     def __init__(self, mapping: ConditionalMapping, draw: Draw, critic: PropertyRegressor):
         self.mapping, self.draw, self.critic = mapping, draw, critic
@@ -59,13 +59,6 @@ class Reader:
 
     def read(self, wp: torch.Tensor) -> torch.Tensor:
         return critic_reading(self.critic, self.draw(wp), self.rows).float()
-
-    def step(self, wp: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
-        m = self.mapping
-        return wp + layer_step(gap @ m.direction_gram_inv, m.direction_weights, m.direction_layer_mask)
-
-    def wanted(self, c: torch.Tensor) -> torch.Tensor:
-        return torch.cat([c, self.mapping.direction_fixed_targets.expand(len(c), -1)], dim=1)
 
 
 @torch.no_grad()
@@ -79,11 +72,11 @@ def trajectory_readings(reader: Reader, requests, settings: AmortiseSettings, ge
         wp = reader.mapping(z, c)
         for _ in range(settings.loop_steps):
             jitter = settings.jitter * torch.randn(len(wp), reader.rows, generator=gen).to(device)
-            near = reader.step(wp, jitter)
+            near = reader.mapping.step(wp, jitter)
             read = reader.read(wp)
             codes += [wp.cpu(), near.cpu()]
             reads += [read.cpu(), reader.read(near).cpu()]
-            wp = reader.step(wp, reader.wanted(c) - read)
+            wp = reader.mapping.step(wp, reader.mapping.wanted(c) - read)
     return torch.cat(codes), torch.cat(reads)
 
 

@@ -109,18 +109,25 @@ class ConditionalMapping(nn.Module):
             return x.unsqueeze(1).repeat(1, self.num_layers, 1)
         # The gate blends, per property, the linear model's current reading with the requested value.
         current = x @ self.direction_weights.t() + self.direction_bias
-        wanted = torch.cat([c, self.direction_fixed_targets.expand(len(c), -1)], dim=1)
+        wanted = self.wanted(c)
         target = current + self.direction_gate * (wanted - current)
         wp = move_to_linear_target(
             x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target, self.direction_layer_mask
         )
         return self.latent_refine(wp, wanted)
 
+    def wanted(self, c: torch.Tensor) -> torch.Tensor:
+        """The directions' targets for requests ``c``: the properties, then the fixed rows (female)."""
+        return torch.cat([c, self.direction_fixed_targets.expand(len(c), -1)], dim=1)
+
+    def step(self, wp: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """Codes moved along the directions, each on its layers, so that the readings change by ``gap``."""
+        return wp + layer_step(gap @ self.direction_gram_inv, self.direction_weights, self.direction_layer_mask)
+
     def latent_refine(self, wp: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
         """The closed loop's correction with the latent property model as reader: no picture, no critic."""
         for _ in range(int(self.latent_steps) if self.latent_model is not None else 0):
-            gap = wanted - self.latent_model(wp)
-            wp = wp + layer_step(gap @ self.direction_gram_inv, self.direction_weights, self.direction_layer_mask)
+            wp = self.step(wp, wanted - self.latent_model(wp))
         return wp
 
 

@@ -143,10 +143,12 @@ class Controller(nn.Module):
     def wp(self, z, c, psi=1.0, layers=None):
         wp = self.mapping(z, c)
         if self.closed_loop is not None and self.closed_loop.steps > 0:
-            wp = self.closed_loop(
-                wp, c, lambda v: self.synthesis(truncate(v, self.w_avg, self.num_layers, psi, layers))
-            )
+            wp = self.closed_loop(wp, c, lambda v: self.draw(v, psi, layers))
         return truncate(wp, self.w_avg, self.num_layers, psi, layers)
+
+    def draw(self, wp, psi=1.0, layers=None):
+        """Images of codes before truncation, as the closed loop sees them."""
+        return self.synthesis(truncate(wp, self.w_avg, self.num_layers, psi, layers))
 
     def synthesis(self, wp):
         return self.base.synthesis(wp)

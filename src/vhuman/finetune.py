@@ -304,10 +304,10 @@ class Finetune:
 
     def amortise(self, settings: AmortiseSettings, progress: bool) -> dict:
         """Teach the EMA mapping (the one saved) to do the closed loop's work without drawing."""
-        base, psi = self.base, self.settings.truncation_psi
+        psi = self.settings.truncation_psi
         return amortise(
             self.ema,
-            lambda wp: base.synthesis(truncate(wp, base.w_avg, base.num_layers, psi)),
+            lambda wp: self.model.draw(wp, psi),
             self.regressor,
             self.sampler,
             settings,

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from vhuman.gender import GenderQualityNet, _predict
+from vhuman.gender import GenderQualityNet, predict
 
 
 def main():
@@ -18,10 +18,10 @@ def main():
     torch.set_num_threads(args.threads)
     models = [GenderQualityNet(32).eval() for _ in range(args.folds)]
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8)
-    _predict(models[0], images[:64])  # warm-up
+    predict(models[0], images[:64])  # warm-up
     t = time.perf_counter()
     for m in models:
-        _predict(m, images)
+        predict(m, images)
     rate = args.images / (time.perf_counter() - t)
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.size}x{args.size}, {args.folds} folds: "

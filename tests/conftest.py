@@ -110,6 +110,22 @@ def directions(world):
     return fit_directions(latents, table, labels)
 
 
+@pytest.fixture(scope="module")
+def world_on_disk(tmp_path_factory):
+    """600 rendered faces as PNGs, their true properties as the property table, their gender as p_female."""
+    folder = tmp_path_factory.mktemp("images")
+    params = sample_face_params(600, seed=5)
+    for i, rgb in enumerate(to_uint8(render_faces(params, 64).images)):
+        save_png(rgb, folder / f"{i:06d}.png")
+    ids = [f"{i:06d}" for i in range(600)]
+    table = pd.DataFrame({"image_id": ids})
+    for name in PROPERTY_NAMES:
+        table[name] = params[:, PARAM_INDEX[name]].numpy()
+        table[f"{name}_valid"] = True
+    labels = pd.DataFrame({"image_id": ids, "p_female": (params[:, PARAM_INDEX["gender"]] > 0.5).float().numpy()})
+    return folder, table, labels
+
+
 # ---- the labelling server on 60 small faces ----------------------------------------------------------------------
 
 

@@ -10,17 +10,18 @@ from tests.conftest import REPO
 PACKAGE = REPO / "src" / "vhuman"
 # Lowest first. A module may import only modules of a lower layer.
 LAYERS = [
-    {"vocabulary", "atomic", "runtime", "latents"},  # ground: words, atomic writes, devices, latent codes
+    {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
     {"synthetic", "stylegan", "bisenet", "report", "weights"},  # networks, renderer, report pictures, downloads
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce"},  # GenForce's checkpoint files
     {"generators"},  # both generators behind one interface
     {"generate", "labeling", "gender", "segmentation", "properties", "regressor"},  # stages 1 to 6a
-    {"directions"},  # stage 6b
+    {"directions", "label_guesser"},  # stage 6b; the labelling grid's guesses (from the gender stage's CNN)
     {"conditional"},  # the conditional generator and its file
     {"amortise"},  # stage 6c's second part: the closed loop amortised into the mapping
     {"finetune", "evaluation", "pictures"},  # stages 6c and 7
+    {"studio"},  # the live control page of the fine-tuned generator
     {"cli"},  # the commands
 ]
 MAX_MODULE_LINES = 400

@@ -29,7 +29,7 @@ def test_store_labels_undo_skip_and_resume(tmp_path):
     store.skip("000001")
     store.label("000002", "male", "bad")
     assert store.state()["next"] == ["000003", "000004", "000001"]  # skipped ones come back last
-    assert store.undo() == "000002"
+    assert store.undo() == ["000002"]
     table = read_labels(path)
     assert list(table["image_id"]) == ["000000"] and table["gender"][0] == "female"
     resumed = LabelStore(path, ids(5))  # a new server picks up exactly where the last one was
@@ -78,7 +78,7 @@ def request(url, data=None, token=None, headers=None):
     origin = "/".join(url.split("/")[:3])
     sent = {"Content-Type": "application/json", "Origin": origin}
     if token:
-        sent["X-Label-Token"] = token
+        sent["X-Token"] = token
     sent.update(headers or {})
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET", headers=sent)
     try:
@@ -199,3 +199,118 @@ def test_label_50_by_keyboard_undo_kill_and_resume(browser, images_dir, tmp_path
     with open(labels, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["image_id"]: (r["gender"], r["quality"]) for r in rows} == given
+
+
+def test_a_confirmed_page_is_one_batch_for_undo_also_after_a_restart(tmp_path):
+    path = tmp_path / "labels.csv"
+    store = LabelStore(path, ids(40))
+    store.label("000000", "female", "good")
+    page = [(i, "male" if k % 2 else "female", "good") for k, i in enumerate(ids(17)[1:])]
+    store.label_many(page)
+    assert store.state()["next"][0] == "000017"
+    assert list(read_labels(path)["image_id"]) == ids(17)  # written in page order
+    resumed = LabelStore(path, ids(40))
+    assert resumed.undo() == ids(17)[1:]  # the whole page comes back, not its last face
+    assert resumed.state()["next"][0] == "000001" and resumed.undo() == ["000000"] and resumed.undo() == []
+    with pytest.raises(ValueError, match="twice"):
+        store.label_many([("000020", "female", "good"), ("000020", "male", "good")])
+    with pytest.raises(KeyError):
+        store.label_many([("000021", "female", "good"), ("999999", "male", "good")])
+    assert "000021" not in store.rows  # a bad batch writes nothing
+
+
+def test_the_grid_counts_how_many_guesses_the_person_kept(tmp_path):
+    store = LabelStore(tmp_path / "labels.csv", ids(10))
+    store.label_many([("000000", "male", "bad"), ("000001", "male", "good")])
+    faces = store.grid(4)["faces"]  # no model: the most common labels so far
+    assert [f["image_id"] for f in faces] == ids(6)[2:]
+    assert all(f["p_female"] == 0.0 and f["p_good_quality"] == 1.0 for f in faces)
+    store.label_many([("000002", "male", "good"), ("000003", "female", "good"), ("000004", "male", "bad")])
+    model = store.state()["model"]
+    assert (model["guesses_kept"], model["guesses_checked"]) == (1, 3)
+
+
+def test_the_cnn_guess_learns_the_labels_it_is_given_in_the_background(images_dir):
+    import numpy as np
+
+    from vhuman.label_guesser import CNNGuess
+    from vhuman.synthetic import PARAM_INDEX, sample_face_params
+
+    female = sample_face_params(60, seed=2)[:, PARAM_INDEX["gender"]].numpy() > 0.5  # the images' own truth
+    rows = {i: {"gender": "female" if f else "male", "quality": "good"} for i, f in zip(ids(48), female, strict=False)}
+    guess = CNNGuess(images_dir, steps=300)
+    guess.labels_changed(dict(list(rows.items())[:39]))
+    assert guess.thread is None and guess.status()["name"] == "most common label so far"  # too few labels
+    guess.labels_changed(rows)
+    guess.wait(120)
+    status = guess.status()
+    assert status["trained_on"] == 48 and status["name"] == "gender CNN" and status["error"] is None
+    p = np.array([g["p_female"] for g in guess.guesses(rows, ids(48))])
+    assert ((p > 0.5) == female[:48]).mean() > 0.8  # it learnt the labels it was given
+    guess.labels_changed({**rows, **{i: {"gender": "male", "quality": "good"} for i in ids(60)[48:]}})
+    assert guess.thread is None  # 12 more labels: not yet worth a retrain
+
+
+def test_grid_writes_the_persons_labels_survives_a_kill_and_undoes_a_page(browser, images_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    chosen = {i: ("female" if k % 3 else "male", "bad" if k % 7 == 3 else "good") for k, i in enumerate(ids(60))}
+    labels, port = tmp_path / "labels.csv", free_port()
+
+    def page_ids(previous=""):
+        grid = browser.find_element(By.ID, "grid")
+        wait_for(lambda: grid.get_attribute("data-ready") not in (None, previous))
+        return grid.get_attribute("data-ready").split(",")
+
+    def correct(page):
+        """Click only what the guess got wrong (the grid redraws after each click, so tiles are found anew)."""
+        for i in page:
+            tile = lambda i=i: browser.find_element(By.CSS_SELECTOR, f".tile[data-id='{i}']")  # noqa: E731
+            if tile().get_attribute("data-gender") != chosen[i][0]:
+                tile().click()
+            if tile().get_attribute("data-quality") != chosen[i][1]:
+                tile().find_element(By.CLASS_NAME, "quality").click()
+            assert (tile().get_attribute("data-gender"), tile().get_attribute("data-quality")) == chosen[i]
+
+    def confirm(page):
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+        return page_ids(",".join(page))
+
+    proc, url = start_server_process(images_dir, labels, port)
+    try:
+        browser.get(url.replace("/?token=", "/grid?token="))
+        page = page_ids()
+        assert page == ids(16)  # the first faces, in order
+        correct(page)
+        page = confirm(page)
+        assert page == ids(32)[16:]
+        correct(page[:5])  # half-way through a page...
+    finally:
+        proc.send_signal(signal.SIGKILL)  # ...the server dies
+        proc.wait()
+    assert list(read_labels(labels)["image_id"]) == ids(16)
+    proc, url = start_server_process(images_dir, labels, port)
+    try:
+        browser.get(url.replace("/?token=", "/grid?token="))
+        page = page_ids()
+        assert page == ids(32)[16:]  # the unconfirmed page comes back
+        correct(page)
+        page = confirm(page)
+        correct(page)
+        after = confirm(page)
+        assert after == ids(60)[48:]
+        browser.find_element(By.TAG_NAME, "body").send_keys("z")  # undo takes the last page back whole
+        assert page_ids(",".join(after)) == page
+        assert len(read_labels(labels)) == 32
+        correct(page)
+        page = confirm(page)
+        correct(page)
+        browser.find_element(By.ID, "confirm").click()
+        wait_for(lambda: "all done" in browser.find_element(By.ID, "status").text)
+    finally:
+        proc.terminate()
+        proc.wait()
+    table = read_labels(labels)
+    assert list(table["image_id"]) == ids(60)  # the first N, in order
+    assert {r.image_id: (r.gender, r.quality) for r in table.itertuples()} == chosen

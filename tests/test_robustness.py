@@ -42,7 +42,7 @@ LABEL = {"image_id": "000001", "gender": "male", "quality": "bad"}
 
 
 def page_headers(base, srv):
-    return {"Origin": base, "Content_Type": "application/json", "X_Label_Token": srv.token}
+    return {"Origin": base, "Content_Type": "application/json", "X_Token": srv.token}
 
 
 def test_the_page_itself_can_label(label_server):
@@ -79,9 +79,9 @@ def test_state_changes_from_anywhere_but_the_page_are_refused(label_server, case
     elif case == "text_plain_from_the_page":
         headers["Content_Type"] = "text/plain"
     elif case == "no_token":
-        del headers["X_Label_Token"]
+        del headers["X_Token"]
     elif case == "wrong_token":
-        headers["X_Label_Token"] = srv.token[:-1] + ("a" if srv.token[-1] != "a" else "b")
+        headers["X_Token"] = srv.token[:-1] + ("a" if srv.token[-1] != "a" else "b")
     else:  # DNS rebinding: a name of the attacker's that points at 127.0.0.1
         headers["Host"] = "evil.example"
     status, _ = send(base + route, LABEL if route != "/api/undo" else {}, **headers)
@@ -97,7 +97,7 @@ def test_reads_need_the_token_and_the_servers_own_host(label_server, path):
     assert send(base + path)[0] == 403
     assert send(base + path + join + "token=nottheone")[0] == 403
     assert send(base + path + join + "token=" + srv.token, Host="evil.example")[0] == 403
-    assert send(base + path, X_Label_Token=srv.token, Host=f"localhost:{srv.server_address[1]}")[0] == 200
+    assert send(base + path, X_Token=srv.token, Host=f"localhost:{srv.server_address[1]}")[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_a_burst_of_requests_is_answered(label_server):
     codes, lock = [], threading.Lock()
 
     def get():
-        code = send(base + "/api/state", X_Label_Token=srv.token)[0]
+        code = send(base + "/api/state", X_Token=srv.token)[0]
         with lock:
             codes.append(code)
 

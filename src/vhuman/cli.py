@@ -129,18 +129,63 @@ def label_main(argv=None) -> None:
     ap.add_argument("--first", type=int, default=2000, help="label the first N images (default 2000)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     ap.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port)")
+    ap.add_argument(
+        "--guess",
+        choices=("cnn", "majority"),
+        default="cnn",
+        help="what pre-fills the grid: a CNN retrained on the labels so far (default) or the most common label",
+    )
     args = ap.parse_args(argv)
     if args.first < 1:
         ap.error(f"--first must be at least 1, got {args.first}")
     if not 0 <= args.port <= 65535:
         ap.error(f"--port must be in 0..65535, got {args.port}")
+    guesser = None
+    if args.guess == "cnn":
+        from vhuman.label_guesser import CNNGuess  # torch only for the grid's model
+
+        guesser = CNNGuess(args.images)
     try:
-        server = serve(args.images, args.labels, args.first, args.host, args.port)
+        server = serve(args.images, args.labels, args.first, args.host, args.port, guesser)
     except (FileNotFoundError, ValueError, OSError) as exc:
         sys.exit(f"vhuman-label: {exc}")
     print(
-        f"Labelling page: {server.url}\n(open this URL: its token admits only this page; Ctrl-C to stop; labels are "
-        f"saved on every key press to {args.labels})",
+        f"Labelling page: {server.url}\n(open this URL: its token admits only this page; the grid of guesses is "
+        f"linked from it; Ctrl-C to stop; labels are saved on every key press to {args.labels})",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def studio_main(argv=None) -> None:
+    """vhuman-studio: the live control page of the fine-tuned generator."""
+    ap = argparse.ArgumentParser(
+        prog="vhuman-studio", description="Move a slider per property and watch the fine-tuned generator's face change."
+    )
+    ap.add_argument("--checkpoint", default="results/finetuned.pth", help="the fine-tuned generator")
+    ap.add_argument("--out", default="results/studio", help="folder the saved PNGs and GIFs go to")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    ap.add_argument("--port", type=int, default=8766, help="port, 0 to 65535 (0: any free port)")
+    ap.add_argument("--device", default="cpu", help="torch device to draw on (cpu, cuda, ...)")
+    args = ap.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        ap.error(f"--port must be in 0..65535, got {args.port}")
+    from vhuman.studio import serve_studio  # torch only for this command
+
+    try:
+        server = serve_studio(args.checkpoint, args.out, args.host, args.port, args.device)
+    except (ValueError, OSError, RuntimeError) as exc:
+        sys.exit(f"vhuman-studio: {exc}")
+    problem = server.studio.error
+    print(
+        f"Studio page: {server.url}\n(open this URL: its token admits only this page; Ctrl-C to stop; saved faces go "
+        f"to {args.out})"
+        + (f"\nnote: {problem} (the page says so; reload it once the file is there)" if problem else ""),
         flush=True,
     )
     try:

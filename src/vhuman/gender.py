@@ -95,7 +95,7 @@ def _loss(logits, female, good, has_quality, bad_weight):
     return gender_loss + quality_loss / w.sum().clamp(min=1)
 
 
-def _predict(model, images, batch_size=256) -> np.ndarray:
+def predict(model, images, batch_size=256) -> np.ndarray:
     model.eval()
     out = []
     with torch.inference_mode():
@@ -222,7 +222,7 @@ def train_and_label(
     for k in tqdm(range(settings.folds), desc="gender folds", disable=not progress):
         train_idx, val_idx = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         model, hist = train_fold(images, female, good, has_quality, train_idx, val_idx, settings, k, log)
-        oof[val_idx] = _predict(model, images[val_idx])
+        oof[val_idx] = predict(model, images[val_idx])
         states.append(model.state_dict())
         history += hist
     save_torch_atomic({"settings": asdict(settings), "folds": states}, model_path)
@@ -285,7 +285,7 @@ def ensemble_predict(models, images_dir, image_ids, input_size, batch_size=512, 
     means, stds = [], []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="gender inference", disable=not progress):
         x = load_image_batch(images_dir, image_ids[start : start + batch_size], input_size)
-        p = np.stack([_predict(m, x) for m in models])
+        p = np.stack([predict(m, x) for m in models])
         means.append(p.mean(0))
         stds.append(p.std(0))
     if not means:
@@ -299,7 +299,7 @@ def predict_images(models, images: torch.Tensor, input_size: int) -> np.ndarray:
     if x.shape[-1] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True).round().clamp(0, 255)
     x = x.to(torch.uint8)
-    return np.stack([_predict(m, x) for m in models]).mean(0)
+    return np.stack([predict(m, x) for m in models]).mean(0)
 
 
 def truth_check(labels: pd.DataFrame, truth: pd.DataFrame, subset: pd.DataFrame) -> dict:

@@ -4,39 +4,33 @@ The labels live in one CSV (image_id, gender, quality, labeled_at); gender is ``
 ``good`` or ``bad``. Every change rewrites the whole file through a temporary file, fsync and rename, under a lock,
 so a killed server or two open tabs never lose or tear a label.
 
-Start the page with ``vhuman-label --images results/generated/images --labels data/labels/manual_labels.csv``.
-
-The server listens on this machine only and trusts no other web page: every request must name the server itself
-in ``Host`` (no DNS rebinding), carry the secret token of this start (printed in the page's URL), and a request that
-changes labels must come from the page's own origin with a JSON body. So a page on another site that the person
-happens to visit can neither read nor change their labels.
+Start the page with ``vhuman-label --images results/generated/images --labels data/labels/manual_labels.csv``. It
+has two modes: one face at a time (one key per face), and a grid of the next faces pre-filled with a model's guess
+in which the person clicks only the wrong ones and confirms the page. Both label the first images in order and write
+the same CSV. The server's safety rules are vhuman.webserver's.
 """
 
 from __future__ import annotations
 
 import csv
-import hmac
-import json
 import os
 import re
-import secrets
 import threading
 import time
 import urllib.parse
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vhuman.atomic import atomic_path, remove_stale_temporaries
+from vhuman.webserver import LocalServer, PageHandler, Refused, local_server, page, read_json_object
 
 COLUMNS = ("image_id", "gender", "quality", "labeled_at")
 GENDERS = ("female", "male")
 QUALITIES = ("good", "bad")
 IMAGE_ID = re.compile(r"^[0-9]{6}$")
-MAX_BODY = 4096  # bytes: a label is well under 200
 
 
 class LabelFileError(ValueError):
@@ -98,23 +92,48 @@ def write_labels(path: str | Path, rows: list[dict]) -> None:
         os.close(dir_fd)
 
 
-class LabelStore:
-    """The labels of one image set, in memory and on disk; thread-safe."""
+class MajorityGuess:
+    """The grid's guess before (or without) a trained model: every face gets the most common labels so far."""
 
-    def __init__(self, csv_path: str | Path, image_ids: list[str]):
+    def guesses(self, rows: dict[str, dict], image_ids: list[str]) -> list[dict]:
+        genders = [r["gender"] for r in rows.values()]
+        female = genders.count("female") >= genders.count("male")
+        bad = [r["quality"] for r in rows.values()].count("bad") > len(rows) / 2
+        p = {"p_female": 1.0 if female else 0.0, "p_good_quality": 0.0 if bad else 1.0}
+        return [{"image_id": i, **p} for i in image_ids]
+
+    def status(self) -> dict:
+        return {"name": "most common label so far", "trained_on": 0, "training": False}
+
+    def labels_changed(self, rows: dict[str, dict]) -> None:
+        pass
+
+
+class LabelStore:
+    """The labels of one image set, in memory and on disk; thread-safe.
+
+    A page of the grid is confirmed as one batch: its rows share one ``labeled_at`` and undo takes the whole batch
+    back, also after a restart (single labels each have their own time)."""
+
+    def __init__(self, csv_path: str | Path, image_ids: list[str], guesser=None):
         self.path = Path(csv_path)
         remove_stale_temporaries(self.path)  # left by a server killed mid-write
         self.image_ids = list(image_ids)
         self.known = set(self.image_ids)
         table = read_labels(self.path, self.known)
-        # Insertion order is labelling order, which undo walks back.
+        # Insertion order is labelling order, which undo walks back; a stable sort keeps a batch in page order.
         self.rows: dict[str, dict] = {
-            r["image_id"]: dict(r) for r in table.sort_values("labeled_at").to_dict("records")
+            r["image_id"]: dict(r) for r in table.sort_values("labeled_at", kind="stable").to_dict("records")
         }
         self.skipped: list[str] = []
         self.lock = threading.Lock()
         self.started = time.time()
         self.done_at_start = len(self.rows)
+        self.guesser = guesser or MajorityGuess()
+        self.guesser.labels_changed(dict(self.rows))
+        # The grid's guesses as served, to count how often the person kept them.
+        self.served: dict[str, tuple[str, str]] = {}
+        self.kept, self.checked = 0, 0
 
     def _next(self, count: int) -> list[str]:
         pending = [i for i in self.image_ids if i not in self.rows and i not in self.skipped]
@@ -130,33 +149,68 @@ class LabelStore:
                 "next": self._next(count),
                 "rate_per_min": round((len(self.rows) - self.done_at_start) / minutes, 1),
                 "last": next(reversed(self.rows)) if self.rows else None,
+                "model": {**self.guesser.status(), "guesses_kept": self.kept, "guesses_checked": self.checked},
             }
+
+    def grid(self, count: int) -> dict:
+        """The next ``count`` faces to label, in order, each with the guesser's p_female and p_good_quality."""
+        with self.lock:
+            ids, rows = self._next(count), dict(self.rows)
+        faces = self.guesser.guesses(rows, ids)
+        with self.lock:
+            for f in faces:
+                guess = ("female" if f["p_female"] >= 0.5 else "male", "good" if f["p_good_quality"] >= 0.5 else "bad")
+                self.served[f["image_id"]] = guess
+        return {**self.state(), "faces": faces}
+
+    def _now(self) -> str:
+        """The time of a new label, later than every label so far (batches are told apart by their time)."""
+        now = datetime.now(UTC)
+        if self.rows:
+            try:
+                last = datetime.fromisoformat(next(reversed(self.rows.values()))["labeled_at"])
+                now = max(now, last + timedelta(microseconds=1))
+            except (ValueError, TypeError):  # a hand-edited time, or one without a zone: not comparable
+                pass
+        return now.isoformat(timespec="microseconds")
+
+    def label_many(self, labels: list[tuple[str, str, str]]) -> None:
+        """Label (image_id, gender, quality) triples as one batch, in one durable write."""
+        for image_id, gender, quality in labels:
+            if image_id not in self.known:
+                raise KeyError(image_id)
+            if gender not in GENDERS or quality not in QUALITIES:
+                raise ValueError(f"gender must be one of {GENDERS}, quality one of {QUALITIES}")
+        if len({i for i, _, _ in labels}) != len(labels):
+            raise ValueError("an image appears twice in one batch")
+        with self.lock:
+            when = self._now()
+            for image_id, gender, quality in labels:
+                self.rows.pop(image_id, None)
+                self.rows[image_id] = {"image_id": image_id, "gender": gender, "quality": quality, "labeled_at": when}
+                if image_id in self.skipped:
+                    self.skipped.remove(image_id)
+                if image_id in self.served:
+                    self.checked += 1
+                    self.kept += self.served.pop(image_id) == (gender, quality)
+            write_labels(self.path, list(self.rows.values()))
+            rows = dict(self.rows)
+        self.guesser.labels_changed(rows)
 
     def label(self, image_id: str, gender: str, quality: str) -> None:
-        if image_id not in self.known:
-            raise KeyError(image_id)
-        if gender not in GENDERS or quality not in QUALITIES:
-            raise ValueError(f"gender must be one of {GENDERS}, quality one of {QUALITIES}")
-        with self.lock:
-            self.rows.pop(image_id, None)
-            self.rows[image_id] = {
-                "image_id": image_id,
-                "gender": gender,
-                "quality": quality,
-                "labeled_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            }
-            if image_id in self.skipped:
-                self.skipped.remove(image_id)
-            write_labels(self.path, list(self.rows.values()))
+        self.label_many([(image_id, gender, quality)])
 
-    def undo(self) -> str | None:
+    def undo(self) -> list[str]:
+        """Take back the last batch (one label, or one confirmed page); returns its image ids."""
         with self.lock:
             if not self.rows:
-                return None
-            image_id = next(reversed(self.rows))
-            del self.rows[image_id]
+                return []
+            when = next(reversed(self.rows.values()))["labeled_at"]
+            batch = [i for i, r in self.rows.items() if r["labeled_at"] == when]
+            for image_id in batch:
+                del self.rows[image_id]
             write_labels(self.path, list(self.rows.values()))
-            return image_id
+            return batch
 
     def skip(self, image_id: str) -> None:
         if image_id not in self.known:
@@ -167,181 +221,63 @@ class LabelStore:
             self.skipped.append(image_id)
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Label faces</title>
-<style>
- body { font-family: sans-serif; background: #222; color: #eee; margin: 0; text-align: center; }
- #face { width: min(70vh, 90vw); height: min(70vh, 90vw); image-rendering: pixelated; margin-top: 2vh;
-         border: 6px solid #444; }
- #face.bad { border-color: #d33; }
- #bar { height: 8px; background: #444; } #fill { height: 8px; background: #4a4; width: 0; }
- .keys span { display: inline-block; margin: 0 .6em; padding: .2em .5em; border: 1px solid #888; border-radius: 4px; }
- #status { margin: .5em; font-size: 1.2em; }
-</style></head>
-<body>
-<div id="bar"><div id="fill"></div></div>
-<div id="status">loading…</div>
-<img id="face" alt="face to label">
-<div id="quality">quality: <b id="q">good</b></div>
-<p class="keys"><span>F female</span><span>M male</span><span>B toggle bad quality</span>
-<span>S skip</span><span>Z / Backspace undo</span></p>
-<div id="message"></div>
-<script>
-let current = null, bad = false, busy = false;
-const TOKEN = "__TOKEN__";
-async function call(method, url, body) {
-  const r = await fetch(url, {method, headers: {"Content-Type": "application/json", "X-Label-Token": TOKEN},
-                              body: body ? JSON.stringify(body) : undefined});
-  if (!r.ok) throw new Error(await r.text());
-  return r.json();
-}
-function show(state) {
-  current = state.next.length ? state.next[0] : null;
-  document.getElementById("fill").style.width = (100 * state.done / state.total) + "%";
-  document.getElementById("status").textContent =
-    `${state.done} / ${state.total} labelled · ${state.rate_per_min} per minute`;
-  const img = document.getElementById("face");
-  if (current) { img.src = "/images/" + current + ".png?token=" + TOKEN; img.dataset.id = current; }
-  else {
-    img.removeAttribute("src"); img.dataset.id = "";
-    document.getElementById("status").textContent += " · all done";
-  }
-  for (const id of state.next.slice(1)) { new Image().src = "/images/" + id + ".png?token=" + TOKEN; }
-  bad = false; render();
-}
-function render() {
-  document.getElementById("q").textContent = bad ? "bad" : "good";
-  document.getElementById("face").className = bad ? "bad" : "";
-}
-async function act(fn) {
-  if (busy) return; busy = true;
-  try { show(await fn()); document.getElementById("message").textContent = ""; }
-  catch (e) { document.getElementById("message").textContent = "error: " + e.message; }
-  finally { busy = false; }
-}
-document.addEventListener("keydown", (e) => {
-  const k = e.key.toLowerCase();
-  if ((k === "f" || k === "m") && current)
-    act(() => call("POST", "/api/label", {image_id: current, gender: k === "f" ? "female" : "male",
-                                          quality: bad ? "bad" : "good"}));
-  else if (k === "b") { bad = !bad; render(); }
-  else if (k === "s" && current) act(() => call("POST", "/api/skip", {image_id: current}));
-  else if (k === "z" || k === "backspace") { e.preventDefault(); act(() => call("POST", "/api/undo")); }
-});
-act(() => call("GET", "/api/state"));
-</script></body></html>
-"""
+def _page_labels(body: dict) -> list[tuple[str, str, str]]:
+    labels = body.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(x, dict) for x in labels):
+        raise ValueError("labels must be a list of {image_id, gender, quality}")
+    return [(str(x.get("image_id")), x.get("gender"), x.get("quality")) for x in labels]
 
 
-class Refused(Exception):
-    """A request the server does not serve; ``code`` is its HTTP status."""
+def make_handler(store: LabelStore, images_dir: Path):
+    """The labelling server's routes: the single-face page (/), the grid (/grid), the state, images and labels."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def check_request(headers, token: str, allowed_hosts: set[str], query_token=None, changes_state=False) -> None:
-    """Raise Refused unless the request names this server, carries the token, and, when it changes labels, comes
-    from the page's own origin with a JSON body."""
-    host = headers.get("Host", "")
-    if host not in allowed_hosts:
-        raise Refused(403, f"Host {host!r} is not this server")
-    given = headers.get("X-Label-Token") or query_token or ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise Refused(403, "missing or wrong token: open the URL vhuman-label printed at its start")
-    if changes_state:
-        if headers.get("Origin") != f"http://{host}":
-            raise Refused(403, "requests that change labels must come from the labelling page itself")
-        if headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-            raise Refused(415, "the body must be application/json")
-
-
-def read_json_object(headers, stream) -> dict:
-    """The request body: at most MAX_BODY bytes of JSON, an object."""
-    try:
-        length = int(headers.get("Content-Length") or 0)
-    except ValueError:
-        raise Refused(400, "Content-Length is not a number") from None
-    if not 0 <= length <= MAX_BODY:
-        raise Refused(413, f"the body must be at most {MAX_BODY} bytes")
-    try:
-        body = json.loads(stream.read(length) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Refused(400, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise Refused(400, "the body must be a JSON object")
-    return body
-
-
-def make_handler(store: LabelStore, images_dir: Path, token: str, allowed_hosts: set[str]):
-    """The request handler. ``allowed_hosts`` are the ``Host`` values that name this server (``127.0.0.1:PORT`` and,
-    on the loopback address, ``localhost:PORT``); its own origin is ``http://`` + one of them."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt, *args):  # keep the terminal for the person labelling
-            pass
-
-        def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")  # the token in the URL stays on this page
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, obj, code=200):
-            self._send(code, json.dumps(obj).encode())
-
+    class Handler(PageHandler):
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query)
             try:
-                check_request(self.headers, token, allowed_hosts, query.get("token", [None])[0])
+                self.check(query.get("token", [None])[0])
             except Refused as exc:
-                return self._json({"error": str(exc)}, exc.code)
-            if url.path == "/":
-                return self._send(200, PAGE.replace("__TOKEN__", token).encode(), "text/html; charset=utf-8")
+                return self.send_json({"error": str(exc)}, exc.code)
+            pages = {"/": "label.html", "/grid": "label_grid.html"}
+            if url.path in pages:
+                return self.send_body(200, page(pages[url.path], self.token), "text/html; charset=utf-8")
             if url.path == "/api/state":
-                return self._json(store.state())
+                return self.send_json(store.state())
+            if url.path == "/api/grid":
+                count = query.get("count", ["16"])[0]
+                return self.send_json(store.grid(min(int(count), 64) if count.isdigit() else 16))
             m = re.fullmatch(r"/images/([0-9]{6})\.png", url.path)
             # Only ids of this dataset are served: no other path can reach the disk.
             if m and m.group(1) in store.known:
                 path = images_dir / f"{m.group(1)}.png"
                 if path.is_file():
-                    return self._send(200, path.read_bytes(), "image/png")
-            return self._send(404, b'{"error": "not found"}')
+                    return self.send_body(200, path.read_bytes(), "image/png")
+            return self.send_body(404, b'{"error": "not found"}')
 
         def do_POST(self):
             try:
-                check_request(self.headers, token, allowed_hosts, changes_state=True)
+                self.check(changes_state=True)
                 body = read_json_object(self.headers, self.rfile)
                 if self.path == "/api/label":
                     store.label(str(body.get("image_id")), body.get("gender"), body.get("quality"))
+                elif self.path == "/api/label_page":
+                    store.label_many(_page_labels(body))
                 elif self.path == "/api/skip":
                     store.skip(str(body.get("image_id")))
                 elif self.path == "/api/undo":
                     store.undo()
                 else:
-                    return self._send(404, b'{"error": "not found"}')
+                    return self.send_body(404, b'{"error": "not found"}')
             except Refused as exc:
-                return self._json({"error": str(exc)}, exc.code)
+                return self.send_json({"error": str(exc)}, exc.code)
             except KeyError:
-                return self._send(404, b'{"error": "unknown image id"}')
+                return self.send_body(404, b'{"error": "unknown image id"}')
             except ValueError as exc:
-                return self._json({"error": str(exc)}, 400)
-            return self._json(store.state())
+                return self.send_json({"error": str(exc)}, 400)
+            return self.send_json(store.state())
 
     return Handler
-
-
-class LabelServer(ThreadingHTTPServer):
-    request_queue_size = 128  # a burst of requests waits instead of being reset
-    daemon_threads = True
-    token: str
-    url: str
 
 
 def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
@@ -350,22 +286,24 @@ def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
 
 
 def serve(
-    images_dir: str | Path, labels_csv: str | Path, first: int | None = 2000, host: str = "127.0.0.1", port: int = 8765
-) -> LabelServer:
+    images_dir: str | Path,
+    labels_csv: str | Path,
+    first: int | None = 2000,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    guesser=None,
+) -> LocalServer:
     """Build (not start) the labelling server for the first ``first`` images of ``images_dir``; its ``url`` carries
-    this start's secret token."""
+    this start's secret token. ``guesser`` pre-fills the grid (see vhuman.label_guesser); without one the grid
+    guesses the most common labels."""
     ids = dataset_ids(images_dir, first)
     if not ids:
         raise FileNotFoundError(
             f"{images_dir}: no images to label; run `snakemake results/generated/latents.parquet` first"
         )
-    store = LabelStore(labels_csv, ids)
-    token = secrets.token_urlsafe(24)
-    server = LabelServer((host, port), None)
-    bound = server.server_address[1]
-    allowed = {f"{host}:{bound}"} | ({f"localhost:{bound}"} if host == "127.0.0.1" else set())
-    server.RequestHandlerClass = make_handler(store, Path(images_dir), token, allowed)
-    server.token, server.url = token, f"http://{host}:{bound}/?token={token}"
+    store = LabelStore(labels_csv, ids, guesser)
+    server = local_server(host, port, lambda: make_handler(store, Path(images_dir)))
+    server.store = store
     return server
 
 

@@ -60,12 +60,14 @@ def animation(
     """A GIF of one face while ``name`` follows ``values`` (e.g. blink: eyes 1 -> 0 -> 1)."""
     c = draw_conditions({}, rows, 1, seed).repeat(len(values), 1)
     c[:, PROPERTY_NAMES.index(name)] = torch.tensor(values)
-    frames = [
-        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
-        for f in to_uint8(render(controller, [seed] * len(values), c))
-    ]
+    save_gif(to_uint8(render(controller, [seed] * len(values), c)), out_path, scale, ms)
+
+
+def save_gif(frames: np.ndarray, out_path: str | Path, scale: int = 4, ms: int = 80) -> None:
+    """Frames [N, H, W, 3] uint8 as a looping GIF, each pixel ``scale`` x ``scale`` (small faces stay sharp)."""
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
     with atomic_path(out_path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)
 
 
 ANIMATIONS = {

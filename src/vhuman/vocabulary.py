@@ -61,6 +61,16 @@ LABEL_PALETTE = np.array(
 PROPERTY_NAMES = ("eyes", "hair_color", "hair_length", "mouth", "background_light", "background_std", "face_pose")
 # Their ranges: face_pose is signed (left -1, front 0, right +1), the others run from 0 to 1.
 RANGES = {name: (-1.0, 1.0) if name == "face_pose" else (0.0, 1.0) for name in PROPERTY_NAMES}
+# What the ends of each range look like, for people choosing a value.
+MEANINGS = {
+    "eyes": ("closed", "wide open"),
+    "hair_color": ("dark", "light"),
+    "hair_length": ("short", "long"),
+    "mouth": ("closed", "open"),
+    "background_light": ("dark", "light"),
+    "background_std": ("plain", "busy"),
+    "face_pose": ("turned left", "turned right"),
+}
 
 # Units: a property of 1 means this raw measurement (see vhuman.properties for each definition).
 EYE_ASPECT_OPEN = 0.8  # eye height / width of a wide-open eye

@@ -1,11 +1,13 @@
 """Stage 5: face properties measured from a label map (19 CelebAMask-HQ classes) and its image.
 
-Definitions (all invariant to face size and image resolution; y grows downwards; pixel edges are used for extents):
+Definitions (invariant to image resolution and, except hair_length, to face size; y grows downwards; pixel edges are
+used for extents). The scale constants (vhuman.vocabulary) are set by what each property means in a photograph of a
+real face, each with its reason there:
 
 ``eyes``
     Eye pixels (classes 4, 5) split into the image-left and image-right eye at the gap between them (labels are
     not trusted for sides). Per eye, openness = minor / major axis length of its second-moment ellipse, which is
-    roll- and scale-invariant. eyes = mean openness / ``EYE_ASPECT_OPEN`` (0.8 = a wide-open eye), clipped to [0, 1].
+    roll- and scale-invariant. eyes = mean openness / ``EYE_ASPECT_OPEN`` (0.5 = a wide-open eye), clipped to [0, 1].
 ``mouth``
     Inner-mouth share of the mouth region: pixels of 11 / pixels of 11, 12, 13, divided by ``MOUTH_SHARE_OPEN``.
 ``face_pose``
@@ -15,8 +17,10 @@ Definitions (all invariant to face size and image resolution; y grows downwards;
 ``hair_color``
     Lightness of the hair: median Rec. 709 luma (sRGB values in [0, 1]) of the hair pixels away from its edges.
 ``hair_length``
-    (lowest hair row - brow line) / (``HAIR_LENGTH_SPAN`` x (chin - brow line)), in [0, 1]; ``hair_length_censored``
-    is set when the hair reaches the bottom of the image.
+    (lowest hair row - brow line) / (image bottom - brow line): the share of the frame below the brows that the
+    hair covers, for aligned face crops (the face's place and size are fixed by the alignment). 1 is hair that
+    reaches the frame's bottom edge, the longest a crop can show; ``hair_length_censored`` marks it, since the hair
+    may go on below.
 ``background_light`` / ``background_std``
     Background pixels (class 0 only, away from its edges) in the upper half of the image, 5 % trimmed on both
     tails: mean luma, and standard deviation of luma divided by ``BACKGROUND_STD_FULL``.
@@ -39,7 +43,6 @@ from vhuman.vocabulary import (
     BACKGROUND_STD_FULL,
     CLASS_ID,
     EYE_ASPECT_OPEN,
-    HAIR_LENGTH_SPAN,
     MOUTH_SHARE_OPEN,
     PROPERTY_NAMES,
     YAW_FULL,
@@ -151,10 +154,9 @@ def hair_length(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     skin_rows = (labels == CLASS_ID["skin"]).any(2)
     n_brow, brow_y, _, _, _, _ = _moments(_isin(labels, (CLASS_ID["l_brow"], CLASS_ID["r_brow"])))
     hair_end = h - hair_rows[:, ::-1].argmax(1)  # bottom edge of the lowest hair row
-    chin = h - skin_rows[:, ::-1].argmax(1)
     brow = brow_y + 0.5
-    valid = hair_rows.any(1) & skin_rows.any(1) & (n_brow >= MIN_PIXELS) & (chin > brow + 1)
-    value = (hair_end - brow) / (HAIR_LENGTH_SPAN * np.maximum(chin - brow, 1))
+    valid = hair_rows.any(1) & skin_rows.any(1) & (n_brow >= MIN_PIXELS) & (h > brow + 1)
+    value = (hair_end - brow) / np.maximum(h - brow, 1)
     censored = hair_rows[:, -1]
     return np.where(valid, np.clip(value, 0, 1), np.nan), valid, censored
 

@@ -20,7 +20,6 @@ from vhuman.vocabulary import (
     BACKGROUND_STD_FULL,
     CLASS_ID,
     EYE_ASPECT_OPEN,
-    HAIR_LENGTH_SPAN,
     MOUTH_SHARE_OPEN,
     PROPERTY_NAMES,
     YAW_FULL,
@@ -78,16 +77,27 @@ def param(params: torch.Tensor, name: str) -> torch.Tensor:
     return params[:, PARAM_INDEX[name]].view(-1, 1, 1)
 
 
+# The background texture: tanh of two crossing sinusoids, i.e. patches of two tones with soft edges, as busy real
+# backgrounds are (a flag's stripes, a window on a wall). Its peak is 1.3 of its trimmed standard deviation (two
+# plain sinusoids: 2.3), so even the strongest texture the scale allows keeps its background light inside 0..1.
+TEXTURE_SHARPNESS = 2.0
+# Standard deviation of that texture after the property's 5 % tails are trimmed, per unit amplitude, as the
+# property definition measures it on rendered backgrounds (upper half, eroded); the definition does not undo it.
+TEXTURE_TRIMMED_STD = 0.76
+
+
+def background_texture(phase_a: torch.Tensor, phase_b: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(TEXTURE_SHARPNESS * (torch.sin(phase_a) + torch.sin(phase_b)))
+
+
 def background_std_amplitude(background_std: torch.Tensor) -> torch.Tensor:
     """Texture amplitude (luma) that gives a background the requested ``background_std``."""
-    # Two unit-amplitude sinusoids sum to a standard deviation of 1; the 5 % trimmed tails of that distribution
-    # keep 0.887 of it (measured on 10^6 samples), which the property definition does not undo.
-    return background_std * BACKGROUND_STD_FULL / 0.887
+    return background_std * BACKGROUND_STD_FULL / TEXTURE_TRIMMED_STD
 
 
 def background_light_range(background_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lowest and highest background luma that a texture of this strength can have without clipping."""
-    margin = 0.03 + 2.0 * background_std_amplitude(background_std)
+    margin = 0.03 + background_std_amplitude(background_std)  # the texture's peak is its amplitude
     return margin, 1.0 - margin
 
 
@@ -219,7 +229,7 @@ def _draw_background(cv: _Canvas, n: int) -> None:
     r1 = x * torch.cos(ang) + y * torch.sin(ang)
     r2 = -x * torch.sin(ang + 0.4) + y * torch.cos(ang + 0.4)
     amp = background_std_amplitude(P("background_std"))
-    bg_luma = P("background_light") + amp * (torch.sin(freq * r1 + phase) + torch.sin(1.37 * freq * r2 - phase))
+    bg_luma = P("background_light") + amp * background_texture(freq * r1 + phase, 1.37 * freq * r2 - phase)
     cv.img = _colour(bg_luma, P("bg_hue") + 0.12 * r1, 0.2 + 0.6 * P("bg_sat")).expand(n, 3, -1, -1).contiguous()
 
 
@@ -250,8 +260,7 @@ def _draw_body(cv: _Canvas, h: _Head) -> None:
     head_cy = h.cy - 0.05 * h.fh
     head_hh = h.fh * (1.12 + 0.1 * vol)
     h.y_brow = h.cy - 0.33 * h.fh
-    y_chin = h.cy + h.fh
-    y_hair_end = h.y_brow + HAIR_LENGTH_SPAN * P("hair_length") * (y_chin - h.y_brow)
+    y_hair_end = h.y_brow + P("hair_length") * (1.0 - h.y_brow)  # 1: down to the frame's bottom edge
     h.cap = _ellipse_sdf(x, y, h.cx, head_cy, hw, head_hh)
     band = (x - h.cx).abs() - hw
     hair_sdf = torch.maximum(torch.where(y < head_cy, h.cap, band), y - y_hair_end)

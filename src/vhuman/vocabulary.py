@@ -72,12 +72,23 @@ MEANINGS = {
     "face_pose": ("turned left", "turned right"),
 }
 
-# Units: a property of 1 means this raw measurement (see vhuman.properties for each definition).
-EYE_ASPECT_OPEN = 0.8  # eye height / width of a wide-open eye
-MOUTH_SHARE_OPEN = 0.5  # inner-mouth area / whole-mouth area of a wide-open mouth
-HAIR_LENGTH_SPAN = 1.5  # hair_length 1: hair ends 1.5 brow-to-chin distances below the brows
-BACKGROUND_STD_FULL = 0.1  # background_std 1: luma standard deviation of 0.1
-YAW_FULL = 0.45  # face_pose 1: the nose sits 0.45 half-face-widths right of the face's centre line
+# Units: a property of 1 means this raw measurement (see vhuman.properties for each definition). Each is set by what
+# it means in a photograph of a real face, and the synthetic world renders its truth in the same units.
+# A wide-open eye's visible part (sclera and iris) is about half as high as it is wide; an ordinary open eye is 0.3 to
+# 0.45 (0.6 to 0.9 here; NASA's portrait of Eileen Collins: 0.39); a closed eye is a slit near 0.
+EYE_ASPECT_OPEN = 0.5
+# A mouth opened wide ("ah") shows the inner mouth over about half of the mouth region; closed lips show none, so
+# closed mouths sit at 0 for a physical reason.
+MOUTH_SHARE_OPEN = 0.5
+# The luma of an image lies in 0..1, so its standard deviation is at most 0.5 (half black, half white); a background
+# split evenly between two tones 0.5 apart (a flag's stripes, a window on a dark wall) has 0.25, the busiest a
+# portrait's background gets (the flag behind Grace Hopper in the US Navy portrait: 0.19). A plain studio backdrop
+# is below 0.03.
+BACKGROUND_STD_FULL = 0.25
+# Under a cylinder model of the head, the nose's offset from the centre of the face's silhouette, in half-widths, is
+# the sine of the yaw: 0.45 is a turn of about 27 degrees, the most that aligned crops of a frontal face dataset
+# hold with both eyes in view.
+YAW_FULL = 0.45
 
 
 # Per-z cutoffs on Pearson r when scoring control (the seed project's last values for eyes, mouth and pose).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -99,6 +100,12 @@ class LocalServer(ThreadingHTTPServer):
     daemon_threads = True
     token: str
     url: str
+
+    def handle_error(self, request, client_address):
+        # A page that moves on cancels its pending image requests: not worth a traceback in the person's terminal.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def local_server(host: str, port: int, handler: Callable[[], type[PageHandler]]) -> LocalServer:

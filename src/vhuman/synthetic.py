@@ -77,17 +77,10 @@ def param(params: torch.Tensor, name: str) -> torch.Tensor:
     return params[:, PARAM_INDEX[name]].view(-1, 1, 1)
 
 
-# The background texture: tanh of two crossing sinusoids, i.e. patches of two tones with soft edges, as busy real
-# backgrounds are (a flag's stripes, a window on a wall). Its peak is 1.3 of its trimmed standard deviation (two
-# plain sinusoids: 2.3), so even the strongest texture the scale allows keeps its background light inside 0..1.
+# Background texture: tanh of two crossing sinusoids, two-tone patches as busy real backgrounds are. Its peak is 1.3
+# trimmed standard deviations (plain sinusoids: 2.3), so the strongest texture still fits inside 0..1.
 TEXTURE_SHARPNESS = 2.0
-# Standard deviation of that texture after the property's 5 % tails are trimmed, per unit amplitude, as the
-# property definition measures it on rendered backgrounds (upper half, eroded); the definition does not undo it.
-TEXTURE_TRIMMED_STD = 0.76
-
-
-def background_texture(phase_a: torch.Tensor, phase_b: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(TEXTURE_SHARPNESS * (torch.sin(phase_a) + torch.sin(phase_b)))
+TEXTURE_TRIMMED_STD = 0.76  # its std per unit amplitude as the property measures it (5 % tails trimmed)
 
 
 def background_std_amplitude(background_std: torch.Tensor) -> torch.Tensor:
@@ -121,8 +114,7 @@ def sample_face_params(n: int, seed: int, quality_bad_rate: float = 0.05) -> tor
     p[:, col["face_scale"]] = (0.55 + 0.25 * (1 - female) + 0.6 * (u[:, col["face_scale"]] - 0.5)).clamp(0, 1)
     p[:, col["face_pose"]] = 2 * u[:, col["face_pose"]] - 1
     p[:, col["hair_color"]] = 0.05 + 0.9 * u[:, col["hair_color"]]
-    # Most portraits have a plain backdrop: a third of these are busier than a luma std of 0.1 (0.4), as about a
-    # quarter of GenForce's CelebA samples are; a busy texture also narrows the light it can have (below).
+    # Mostly plain backdrops: a third busier than a luma std of 0.1 (about a quarter of GenForce's CelebA samples).
     p[:, col["background_std"]] = u[:, col["background_std"]] ** 2
     low, high = background_light_range(p[:, col["background_std"]])
     p[:, col["background_light"]] = low + (high - low) * u[:, col["background_light"]]
@@ -232,7 +224,8 @@ def _draw_background(cv: _Canvas, n: int) -> None:
     r1 = x * torch.cos(ang) + y * torch.sin(ang)
     r2 = -x * torch.sin(ang + 0.4) + y * torch.cos(ang + 0.4)
     amp = background_std_amplitude(P("background_std"))
-    bg_luma = P("background_light") + amp * background_texture(freq * r1 + phase, 1.37 * freq * r2 - phase)
+    texture = torch.tanh(TEXTURE_SHARPNESS * (torch.sin(freq * r1 + phase) + torch.sin(1.37 * freq * r2 - phase)))
+    bg_luma = P("background_light") + amp * texture
     cv.img = _colour(bg_luma, P("bg_hue") + 0.12 * r1, 0.2 + 0.6 * P("bg_sat")).expand(n, 3, -1, -1).contiguous()
 
 

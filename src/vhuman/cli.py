@@ -119,6 +119,16 @@ def generate_main(argv=None) -> None:
     print(f"wrote {len(seeds)} images ({tag}) to {out}")
 
 
+def serve_until_interrupted(server) -> None:
+    """Serve a page's server until Ctrl-C, then free its port."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def label_main(argv=None) -> None:
     """vhuman-label: the hand-labelling page for the first images."""
     ap = argparse.ArgumentParser(
@@ -154,12 +164,7 @@ def label_main(argv=None) -> None:
         f"linked from it; Ctrl-C to stop; labels are saved on every key press to {args.labels})",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
 
 
 def studio_main(argv=None) -> None:
@@ -188,9 +193,4 @@ def studio_main(argv=None) -> None:
         + (f"\nnote: {problem} (the page says so; reload it once the file is there)" if problem else ""),
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)

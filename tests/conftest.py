@@ -1,6 +1,7 @@
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,17 @@ def reference_outputs() -> dict:
     if not path.is_file():
         pytest.fail(f"{path} is missing from the checkout: the exactness tests cannot run without it")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def wait_for(predicate, timeout=20.0):
+    """Poll a page until ``predicate()`` is truthy; returns its value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
 
 
 @pytest.fixture()

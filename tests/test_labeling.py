@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import wait_for
 from vhuman.labeling import LabelFileError, LabelStore, read_labels, simulate_hand_labels
 
 
@@ -149,15 +150,6 @@ def start_server_process(images_dir, labels, port):
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the labelling server did not start")
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the page")
 
 
 def test_label_50_by_keyboard_undo_kill_and_resume(browser, images_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from tests.conftest import default_config
+from tests.conftest import default_config, wait_for
 from vhuman.conditional import ConditionalMapping, save_conditional_generator
 from vhuman.directions import ClosedLoop
 from vhuman.regressor import RegressorSettings, load_regressor, train_regressor
@@ -97,16 +97,6 @@ def studio_page(checkpoint, tmp_path):
     yield server, tmp_path / "saved"
     server.shutdown()
     server.server_close()
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the page")
 
 
 def test_sliders_redraw_the_face_and_the_read_back_follows(studio_page, browser):

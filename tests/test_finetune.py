@@ -10,6 +10,7 @@ from vhuman.conditional import load_conditional_generator
 from vhuman.finetune import FinetuneSettings, finetune
 from vhuman.latents import truncate
 from vhuman.regressor import PropertyRegressor
+from vhuman.runtime import precision_scope
 
 
 def tiny_settings(**changes) -> FinetuneSettings:
@@ -94,6 +95,18 @@ def test_finetune_resumes_to_the_clean_result_and_starts_over_when_it_must(run_f
     # Other settings do not reuse the state.
     run_finetune(tiny_settings(control_weight=1.0), "other.pth")
     assert steps_logged(tmp_path / "work") == [3]
+
+
+def test_finetune_state_is_not_resumed_in_another_precision(run_finetune, tmp_path):
+    def mapping(path):
+        return torch.load(path, weights_only=True)["mapping"]
+
+    first = run_finetune(tiny_settings(), "first.pth")
+    again = run_finetune(tiny_settings(), "again.pth")  # same precision: the finished state is taken as it is
+    assert all(torch.equal(mapping(first)[k], v) for k, v in mapping(again).items())
+    with precision_scope(torch.device("cpu"), "bfloat16"):
+        other = run_finetune(tiny_settings(), "bfloat16.pth")  # trained again, in bfloat16
+    assert not all(torch.equal(mapping(first)[k], v) for k, v in mapping(other).items())
 
 
 @pytest.mark.parametrize("samples", [0, 8])

@@ -195,6 +195,10 @@ class Finetune:
                 **fingerprint_extra,
                 "n": len(self.real_c),
                 "directions": None if directions is None else directions_fingerprint(directions),
+                # A state trained in another precision is another run (built inside the stage's autocast scope).
+                "autocast": str(torch.get_autocast_dtype(device.type))
+                if torch.is_autocast_enabled(device.type)
+                else None,
             },
         )
 

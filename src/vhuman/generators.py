@@ -175,9 +175,9 @@ class SyntheticGenerator(nn.Module):
         out["face_scale"] = uniform("face_scale", -0.8 * sign)
         out["face_pose"] = 2 * uniform("face_pose") - 1
         out["hair_color"] = 0.05 + 0.9 * uniform("hair_color")
-        out["background_std"] = uniform("background_std") ** 2  # mostly plain, as in sample_face_params
-        low, high = synthetic.background_light_range(out["background_std"])
-        out["background_light"] = low + (high - low) * uniform("background_light")
+        out["background_std"], out["background_light"] = synthetic.draw_background(
+            uniform("background_std"), uniform("background_light")
+        )
         out["quality"] = torch.sigmoid(40.0 * (z[:, col["quality"]] + 1.645))  # about 5 % below 0.5, nearly all clearly
         return torch.stack([out[name] for name in synthetic.PARAM_NAMES], dim=1)
 

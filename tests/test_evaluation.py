@@ -61,3 +61,32 @@ def test_control_metrics_give_the_spread_across_z_and_the_share_within_a_tenth()
     eyes = control_metrics(requested, measured, swept, z_index)["eyes"]
     assert eyes["share_within_0.1"] == pytest.approx(0.5)
     assert eyes["spread_across_z"] == pytest.approx(np.std([0.0, 0.0, 0.2, -0.2]))
+
+
+def test_reachable_requests_are_what_the_world_draws():
+    from vhuman.evaluation import reachable
+    from vhuman.synthetic import PARAM_INDEX, sample_face_params
+
+    drawn = sample_face_params(2000, seed=3)[:, [PARAM_INDEX[n] for n in PROPERTY_NAMES]].numpy()
+    np.testing.assert_allclose(reachable(drawn), drawn, atol=1e-6)  # whatever the world drew, it can draw
+    k = {name: i for i, name in enumerate(PROPERTY_NAMES)}
+    request = np.full((2, len(PROPERTY_NAMES)), 0.5, np.float32)
+    request[:, k["hair_color"]] = [0.0, 1.0]
+    request[:, k["background_light"]] = 0.0
+    request[:, k["background_std"]] = [0.0, 1.0]  # a plain and a busy backdrop, both asked to be black
+    near = reachable(request)
+    assert near[:, k["hair_color"]].tolist() == pytest.approx([0.05, 0.95])
+    plain, busy = near[:, k["background_light"]]
+    assert plain < 0.05 < 0.2 < busy  # a busy texture needs room: its backdrop cannot be black
+    untouched = [i for i in range(len(PROPERTY_NAMES)) if i not in (k["hair_color"], k["background_light"])]
+    np.testing.assert_array_equal(near[:, untouched], request[:, untouched])
+
+
+def test_evaluate_reports_what_a_perfect_controller_would_score(base, world):
+    rows = world[0][list(PROPERTY_NAMES)].to_numpy(np.float32)
+    model = ConditionalGenerator(base, ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7)))
+    truth = evaluate(model, rows, num_z=4, levels=5, seed=0, with_truth=True, progress=False)["truth"]
+    assert truth["eyes"]["perfect_controller"] == {"pearson_r": pytest.approx(1.0), "mae": 0.0, "share_within_0.1": 1.0}
+    hair = truth["hair_color"]["perfect_controller"]
+    assert hair["mae"] == pytest.approx(0.1 / 5)  # 0.05 off at both ends of five levels
+    assert truth["background_light"]["perfect_controller"]["mae"] > 0.02  # texture keeps the ends out of reach

@@ -174,7 +174,8 @@ class SyntheticGenerator(nn.Module):
         out["stubble"] = uniform("stubble", 0.5) * (1 - female)
         out["face_scale"] = uniform("face_scale", -0.8 * sign)
         out["face_pose"] = 2 * uniform("face_pose") - 1
-        out["hair_color"] = 0.05 + 0.9 * uniform("hair_color")
+        low, high = synthetic.HAIR_COLOR_RANGE
+        out["hair_color"] = low + (high - low) * uniform("hair_color")
         out["background_std"], out["background_light"] = synthetic.draw_background(
             uniform("background_std"), uniform("background_light")
         )

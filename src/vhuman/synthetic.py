@@ -55,6 +55,7 @@ def param(params: torch.Tensor, name: str) -> torch.Tensor:
 # trimmed standard deviations (plain sinusoids: 2.3), so the strongest texture still fits inside 0..1.
 TEXTURE_SHARPNESS = 2.0
 TEXTURE_TRIMMED_STD = 0.76  # its std per unit amplitude as the property measures it (5 % tails trimmed)
+HAIR_COLOR_RANGE = (0.05, 0.95)  # no hair is pure black or pure white
 
 
 def background_std_amplitude(background_std: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,8 @@ def sample_face_params(n: int, seed: int, quality_bad_rate: float = 0.05) -> tor
     p[:, col["stubble"]] = (1 - female) * (u[:, col["stubble"]] > 0.4).float() * u[:, col["stubble"]]
     p[:, col["face_scale"]] = (0.55 + 0.25 * (1 - female) + 0.6 * (u[:, col["face_scale"]] - 0.5)).clamp(0, 1)
     p[:, col["face_pose"]] = 2 * u[:, col["face_pose"]] - 1
-    p[:, col["hair_color"]] = 0.05 + 0.9 * u[:, col["hair_color"]]
+    hair_low, hair_high = HAIR_COLOR_RANGE
+    p[:, col["hair_color"]] = hair_low + (hair_high - hair_low) * u[:, col["hair_color"]]
     p[:, col["background_std"]], p[:, col["background_light"]] = draw_background(
         u[:, col["background_std"]], u[:, col["background_light"]]
     )

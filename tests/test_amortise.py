@@ -83,6 +83,15 @@ def test_the_latent_model_lands_requests_better_than_the_linear_edit(base, world
     assert landing_error(mapping, critic, z, c) == before
 
 
+def test_points_are_held_out_by_whole_faces():
+    from vhuman.amortise import held_out_faces
+
+    faces = torch.arange(400).repeat(6)  # six points per face, as the loop records them
+    held = held_out_faces(faces, torch.Generator().manual_seed(0))
+    assert set(faces[held].tolist()).isdisjoint(faces[~held].tolist())
+    assert len(set(faces[held].tolist())) == 20 and held.sum() == 6 * 20
+
+
 def test_latent_model_readings_stay_in_each_rows_range():
     low, high = torch.tensor([0.0, -1.0]), torch.tensor([1.0, 1.0])
     model = LatentPropertyModel(num_layers=3, w_dim=8, hidden=4, low=low, high=high)
@@ -117,9 +126,21 @@ def test_the_amortised_mapping_travels_in_the_file_and_draws_in_one_synthesis(ba
     with torch.no_grad():
         assert torch.allclose(loaded.mapping(z, c), mapping(z, c), atol=1e-5)
     assert int(loaded.cond_mapping.latent_steps) == settings().drawing_steps
-    assert drawing_cost(loaded) == {"syntheses": 1, "critic_passes": 0, "latent_model_steps": settings().drawing_steps}
+    assert drawing_cost(loaded) == {
+        "syntheses": 1,
+        "critic_passes": 0,
+        "parser_passes": 0,
+        "latent_model_steps": settings().drawing_steps,
+    }
     looped = load_conditional_generator(path)
-    assert drawing_cost(looped) == {"syntheses": 3, "critic_passes": 2, "latent_model_steps": settings().drawing_steps}
+    assert drawing_cost(looped) == {
+        "syntheses": 3,
+        "critic_passes": 2,
+        "parser_passes": 0,
+        "latent_model_steps": settings().drawing_steps,
+    }
+    looped.closed_loop.measure = lambda images: torch.zeros(len(images), 7)  # the loop reading the parser
+    assert drawing_cost(looped)["parser_passes"] == 2
     plain = ConditionalGenerator(base, gated_mapping(base, world, directions))
     assert drawing_cost(plain)["latent_model_steps"] == 0
 

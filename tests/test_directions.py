@@ -84,6 +84,33 @@ def test_closed_loop_lands_on_the_request_when_the_critic_is_linear(base, direct
         ClosedLoop(critic, weights[:5], fixed, steps=1, layer_mask=mask[:5])
 
 
+def test_a_measured_loop_reads_the_properties_off_the_measurement_and_p_female_off_the_critic(base, directions):
+    weights, bias = directions["weights"].float(), directions["bias"].float()
+    exact = LinearCritic(weights, bias, SOME_LAYERS)
+    offset = torch.cat([torch.full((7,), 0.2), torch.zeros(1)])
+    biased = LinearCritic(weights, bias + offset, SOME_LAYERS)  # reads every property 0.2 too high
+    fixed = torch.tensor([0.9])
+    g = torch.Generator().manual_seed(1)
+    z, c = torch.randn(4, 512, generator=g), 0.2 + 0.6 * torch.rand(4, 7, generator=g)
+    wp0 = base.mapping(z).unsqueeze(1).repeat(1, 6, 1)
+    loop = ClosedLoop(biased, weights, fixed, steps=50, layer_mask=SOME_LAYERS)
+    off = exact(loop(wp0, c, lambda wp: wp))[0]
+    assert torch.allclose(off, c - 0.2, atol=1e-3)  # the critic's loop inherits the critic's error
+    mouth = PROPERTY_NAMES.index("mouth")
+
+    def measure(wp):  # the exact reading, with the mouth missing on every face
+        values = exact(wp)[0].clone()
+        values[:, mouth] = float("nan")
+        return values
+
+    loop.measure = measure
+    read, female_logit = exact(loop(wp0, c, lambda wp: wp))
+    others = [k for k in range(7) if k != mouth]
+    assert torch.allclose(read[:, others], c[:, others], atol=1e-3)
+    assert torch.allclose(read[:, mouth], c[:, mouth] - 0.2, atol=1e-3)  # no measurement: the critic's value
+    assert torch.allclose(torch.sigmoid(female_logit), fixed.expand(4), atol=1e-3)
+
+
 def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_baseline(base, directions):
     weights, bias, fixed = directions["weights"], directions["bias"], directions["fixed_targets"]
     loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=0, num_layers=6)

@@ -12,6 +12,7 @@ def test_metrics_table_flattens_nested_values_and_draws_record_lists():
 
 def test_control_table_has_a_row_per_property_and_model():
     stats = {"pearson_r": 0.5, "mae": 0.1, "share_of_z_passing": 0.2, "unmeasured_attributes_movement": 0.0123}
+    stats["perfect_controller"] = {"pearson_r": 0.953, "mae": 0.0721}
     cost = {"syntheses": 3, "critic_passes": 2, "latent_model_steps": 5}
     control = {
         "finetuned": {"female_rate": 0.9, "cost_per_face": cost, "truth": {"eyes": stats, "mouth": stats}},
@@ -23,6 +24,7 @@ def test_control_table_has_a_row_per_property_and_model():
     assert "<td>syntheses</td>" not in page  # the cost is a line, not a measurement table
     assert "female_rate 0.9" in page and "<h2>directions</h2>" in page
     assert "<th>unmeasured_attributes_movement</th>" in page and page.count("<td>0.0123</td>") == 2
+    assert page.count("<td>pearson_r 0.953, mae 0.0721</td>") == 2
 
 
 def test_animation_page_embeds_the_gif(tmp_path):

@@ -63,21 +63,23 @@ class Reader:
 
 @torch.no_grad()
 def trajectory_readings(reader: Reader, requests, settings: AmortiseSettings, gen, device, progress) -> tuple:
-    """Codes along the image closed loop from the mapping's edit, each with a jittered neighbour, and what the
-    critic reads off each."""
-    codes, reads = [], []
-    for _ in tqdm(range(0, settings.samples, settings.batch_size), desc="amortise: loop", disable=not progress):
+    """Codes along the image closed loop from the mapping's edit, each with a jittered neighbour, what the
+    critic reads off each, and which face (z) each point belongs to."""
+    codes, reads, faces = [], [], []
+    for first in tqdm(range(0, settings.samples, settings.batch_size), desc="amortise: loop", disable=not progress):
         z = torch.randn(settings.batch_size, reader.mapping.z_dim, generator=gen).to(device)
         c = requests(settings.batch_size).to(device)
         wp = reader.mapping(z, c)
+        face = torch.arange(first, first + len(z))
         for _ in range(settings.loop_steps):
             jitter = settings.jitter * torch.randn(len(wp), reader.rows, generator=gen).to(device)
             near = reader.mapping.step(wp, jitter)
             read = reader.read(wp)
             codes += [wp.cpu(), near.cpu()]
             reads += [read.cpu(), reader.read(near).cpu()]
+            faces += [face, face]
             wp = reader.mapping.step(wp, reader.mapping.wanted(c) - read)
-    return torch.cat(codes), torch.cat(reads)
+    return torch.cat(codes), torch.cat(reads), torch.cat(faces)
 
 
 @torch.no_grad()
@@ -92,16 +94,24 @@ def landing_readings(reader: Reader, requests, n: int, batch: int, gen, device) 
     return torch.cat(codes), torch.cat(reads)
 
 
-def finite_only(codes: torch.Tensor, reads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def finite_only(codes: torch.Tensor, reads: torch.Tensor, *more: torch.Tensor) -> tuple:
     """Drop points whose codes or readings are not finite (float16 syntheses can overflow far from the data, and
-    one NaN would spoil the whole fit); also returns how many were dropped."""
+    one NaN would spoil the whole fit), with their rows of ``more``; the last item is how many were dropped."""
     keep = codes.flatten(1).isfinite().all(1) & reads.isfinite().all(1)
     if not keep.any():
         raise FloatingPointError(
             "amortise: the critic read no finite value off the drawn faces; if precision is float16, the synthesis "
             "overflowed: set precision to bfloat16 or float32"
         )
-    return codes[keep], reads[keep], int((~keep).sum())
+    return (codes[keep], reads[keep], *(t[keep] for t in more), int((~keep).sum()))
+
+
+def held_out_faces(faces: torch.Tensor, gen: torch.Generator, share: float = 0.05) -> torch.Tensor:
+    """Which points to hold out: every point of about ``share`` of the faces. Whole faces, because a point's
+    jittered neighbour and next loop step are nearly the same point: a model that is right only on faces it has
+    seen would look right on them."""
+    n_faces = int(faces.max()) + 1
+    return torch.isin(faces, torch.randperm(n_faces, generator=gen)[: max(1, round(n_faces * share))])
 
 
 def fit(model: LatentPropertyModel, codes, reads, steps: int, lr: float, batch: int, gen, device) -> None:
@@ -143,9 +153,8 @@ def amortise(
     p(female)) on held-out trajectory points and, per round, on the model's own landing points before refitting."""
     gen = torch.Generator().manual_seed(settings.seed)
     reader = Reader(mapping, draw, critic.eval().requires_grad_(False))
-    codes, reads, dropped = finite_only(*trajectory_readings(reader, requests, settings, gen, device, progress))
-    held = torch.zeros(len(codes), dtype=torch.bool)
-    held[torch.randperm(len(codes), generator=gen)[: max(1, len(codes) // 20)]] = True
+    codes, reads, faces, dropped = finite_only(*trajectory_readings(reader, requests, settings, gen, device, progress))
+    held = held_out_faces(faces, gen)
     low, high = row_ranges()
     model = LatentPropertyModel(mapping.num_layers, codes.shape[-1], settings.hidden, low, high).to(device)
     flat = codes.flatten(0, 1)

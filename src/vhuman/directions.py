@@ -90,6 +90,11 @@ class ClosedLoop(nn.Module):
     The move is the latent-directions edit with the critic's reading in place of the linear model's, so the codes
     only ever move within the span of the directions: too few dimensions for the critic's blind spots to be found.
     Rows of the directions after the properties (the female row) read the critic's p(female).
+
+    With ``measure`` (images -> property values [N, P], NaN where a region is missing) the loop reads the
+    properties as the workflow measures them, through the parser and the properties stage, and asks the critic only
+    for p(female) and for values the measurement lacks: the critic is a learnt copy of that measurement, and its
+    error is what is left in the critic's loop.
     """
 
     def __init__(
@@ -113,12 +118,21 @@ class ClosedLoop(nn.Module):
         self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), num_layers))
         self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
         self.steps = int(steps)
+        self.measure = None  # set by whoever has the parser at hand (not saved: the parser has its own file)
+
+    def read(self, images: torch.Tensor) -> torch.Tensor:
+        read = critic_reading(self.critic, images, len(self.weights)).float()
+        if self.measure is None:
+            return read
+        measured = self.measure(images).to(read.device, read.dtype)
+        p = measured.shape[1]
+        return torch.cat([torch.where(measured.isfinite(), measured, read[:, :p]), read[:, p:]], dim=1)
 
     def forward(self, wp: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
         """``draw(wp)`` renders wp [N, L, w_dim]; returns wp after ``steps`` corrections."""
         wanted = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
         for _ in range(self.steps):
-            gap = wanted - critic_reading(self.critic, draw(wp), len(self.weights))
+            gap = wanted - self.read(draw(wp))
             wp = wp + layer_step(gap @ self.gram_inv, self.weights, self.layer_mask)
         return wp
 

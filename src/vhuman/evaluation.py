@@ -93,13 +93,14 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
 
 
 def drawing_cost(controller) -> dict:
-    """What one drawn face costs: syntheses and critic passes (the closed loop's), and Newton steps with the
-    latent property model (a small network on the codes; no picture)."""
+    """What one drawn face costs: syntheses, critic passes and parser passes (the closed loop's), and Newton steps
+    with the latent property model (a small network on the codes; no picture)."""
     loop = getattr(controller, "closed_loop", None)
     steps = loop.steps if loop is not None else 0
+    parsed = steps if loop is not None and loop.measure is not None else 0
     mapping = getattr(controller, "cond_mapping", None)
     latent = int(mapping.latent_steps) if mapping is not None and mapping.latent_model is not None else 0
-    return {"syntheses": 1 + steps, "critic_passes": steps, "latent_model_steps": latent}
+    return {"syntheses": 1 + steps, "critic_passes": steps, "parser_passes": parsed, "latent_model_steps": latent}
 
 
 def evaluate(

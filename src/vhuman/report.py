@@ -109,6 +109,8 @@ def _cell(value) -> str:
         return "–"  # undefined (written as null), e.g. r over too few valid faces
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):  # a small record in one cell, e.g. what a perfect controller would score
+        return ", ".join(f"{escape(str(k))} {_cell(v)}" for k, v in value.items())
     return escape(str(value))
 
 

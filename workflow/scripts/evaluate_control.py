@@ -28,6 +28,15 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
         table = measure_properties(parser(to_uint8(images)), to_uint8(images))
         return table[list(PROPERTY_NAMES)].to_numpy()
 
+    def measure_tensor(images):
+        return torch.from_numpy(measure(images).astype("float32"))
+
+    # The same loops reading the properties through the parser and the properties stage instead of the critic.
+    measured = load_conditional_generator(snakemake.input.finetuned).to(device)
+    directions_measured = load_directions(snakemake.input.directions, finetuned.base, measured.closed_loop).to(device)
+    if measured.closed_loop is not None:
+        measured.closed_loop.measure = measure_tensor
+
     def female(images):
         return predict_images(gender, images, snakemake.params.gender_input_size)[:, 0] >= 0.5
 
@@ -37,6 +46,8 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
         "directions": directions,
         "finetuned_open_loop": open_loop,
         "directions_closed_loop": directions_closed,
+        "finetuned_measured_loop": measured,
+        "directions_measured_loop": directions_measured,
     }
     for name, controller in controllers.items():
         if name.endswith("_loop") and finetuned.closed_loop is None:

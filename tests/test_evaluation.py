@@ -90,3 +90,41 @@ def test_evaluate_reports_what_a_perfect_controller_would_score(base, world):
     hair = truth["hair_color"]["perfect_controller"]
     assert hair["mae"] == pytest.approx(0.1 / 5)  # 0.05 off at both ends of five levels
     assert truth["background_light"]["perfect_controller"]["mae"] > 0.02  # texture keeps the ends out of reach
+
+
+def test_the_evaluation_compares_the_file_with_and_without_its_loop_and_the_measured_loop(base, directions, tmp_path):
+    from vhuman.conditional import save_conditional_generator
+    from vhuman.directions import ClosedLoop
+    from vhuman.evaluation import controllers_to_compare
+    from vhuman.regressor import PropertyRegressor
+
+    mapping = ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7), directions)
+    weights, fixed = directions["weights"], directions["fixed_targets"]
+    loop = ClosedLoop(PropertyRegressor(width=4, input_size=32), weights, fixed, 2, num_layers=6)
+    torch.save(directions, tmp_path / "directions.pth")
+    for name, with_loop in (("plain.pth", None), ("looped.pth", loop)):
+        save_conditional_generator(tmp_path / name, base, mapping, torch.nn.Linear(1, 1), with_loop, {}, {})
+    cpu = torch.device("cpu")
+    assert set(controllers_to_compare(tmp_path / "plain.pth", tmp_path / "directions.pth", cpu)) == {
+        "finetuned",
+        "directions",
+    }
+
+    def measure(images):
+        return torch.zeros(len(images), 7)
+
+    both = controllers_to_compare(tmp_path / "looped.pth", tmp_path / "directions.pth", cpu, measure)
+    assert list(both) == [
+        "finetuned",
+        "directions",
+        "finetuned_open_loop",
+        "directions_closed_loop",
+        "finetuned_measured_loop",
+        "directions_measured_loop",
+    ]
+    assert both["finetuned"].closed_loop.measure is None and both["directions_closed_loop"].closed_loop.measure is None
+    assert both["finetuned_measured_loop"].closed_loop.measure is measure
+    assert both["directions_measured_loop"].closed_loop is both["finetuned_measured_loop"].closed_loop
+    assert both["finetuned_open_loop"].closed_loop.steps == 0 and both["finetuned"].closed_loop.steps == 2
+    without = controllers_to_compare(tmp_path / "looped.pth", tmp_path / "directions.pth", cpu)
+    assert "finetuned_measured_loop" not in without and "directions_closed_loop" in without

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_workflow import snakemake, workdir_copy
+from tests.test_workflow import VARIANTS, snakemake, workdir_copy
 from vhuman.conditional import load_conditional_generator
 from vhuman.discriminator import StyleGANDiscriminator
 from vhuman.genforce import save_genforce_checkpoint
@@ -135,7 +135,7 @@ def test_the_fine_tuned_generator_draws_and_is_evaluated(real_run):
     record = torch.load(results / "finetuned.pth", map_location="cpu", weights_only=True)
     assert record["base"]["kind"] == "genforce" and record["config"]["generator"]["kind"] == "genforce"
     control = json.loads((results / "evaluation/control.json").read_text())
-    assert {"finetuned", "directions", "finetuned_open_loop", "directions_closed_loop"} == set(control)
+    assert set(control) == VARIANTS
     for variant in control.values():
         assert set(PROPERTY_NAMES) <= set(variant["parser"]), "every property is reported"
         assert variant["images"] == 2 * 3 * len(PROPERTY_NAMES)

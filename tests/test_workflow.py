@@ -12,6 +12,16 @@ import yaml
 
 from tests.conftest import REPO
 
+# The variants the evaluation draws for a fine-tuned file with a closed loop (vhuman.evaluation).
+VARIANTS = {
+    "finetuned",
+    "directions",
+    "finetuned_open_loop",
+    "directions_closed_loop",
+    "finetuned_measured_loop",
+    "directions_measured_loop",
+}
+
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # Every stage, shrunk so the whole DAG runs in a few minutes on 2 cores.
 TINY = {
@@ -89,10 +99,13 @@ def test_demo_dag_runs_end_to_end(tiny_run):
     props = pq.read_table(results / "properties.parquet").to_pandas()
     assert sorted(props["image_id"]) == masks and {"eyes", "eyes_valid", "eyes_z", "gender"} <= set(props.columns)
     control = json.loads((results / "evaluation/control.json").read_text())
-    assert set(control) == {"finetuned", "directions", "finetuned_open_loop", "directions_closed_loop"}
+    assert set(control) == VARIANTS
     layers = json.loads((results / "directions/layers.json").read_text())
     assert len(layers["layers_used"]) == 8 and all(layers["layers_used"])  # every direction acts somewhere
     assert {"truth", "parser", "female_rate", "female_rate_truth"} <= set(control["finetuned"])
+    assert control["finetuned_measured_loop"]["cost_per_face"]["parser_passes"] == 2
+    assert control["finetuned"]["cost_per_face"]["parser_passes"] == 0
+    assert "perfect_controller" in control["directions"]["truth"]["background_light"]
     assert len(list((results / "evaluation/sweeps").glob("*.png"))) == 14
     assert {p.name for p in (results / "evaluation/animations").glob("*.gif")} == {"blink.gif", "talk.gif", "turn.gif"}
     assert (results / "finetuned.pth").stat().st_size > 0

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vhuman.conditional import load_conditional_generator
+from vhuman.directions import load_directions
 from vhuman.synthetic import HAIR_COLOR_RANGE, NUISANCE_NAMES, PARAM_INDEX, background_light_range
 from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
 
@@ -89,6 +91,27 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
             "spread_across_z": float(np.mean(spread)) if spread else float("nan"),
             "share_within_0.1": scores["share_within_0.1"],
         }
+    return out
+
+
+def controllers_to_compare(finetuned_path, directions_path, device, measure=None) -> dict:
+    """The variants the evaluation draws, by name: the fine-tuned file as saved, the directions baseline, and, for a
+    file with a closed loop, the file open loop, the baseline with the file's loop and, with ``measure`` (images ->
+    property values [N, P]), both with the loop reading that measurement instead of the critic."""
+    finetuned = load_conditional_generator(finetuned_path).to(device)
+    out = {"finetuned": finetuned, "directions": load_directions(directions_path, finetuned.base).to(device)}
+    if finetuned.closed_loop is None:
+        return out  # nothing to open or share: the first two say it all
+    out["finetuned_open_loop"] = load_conditional_generator(finetuned_path, closed_loop_steps=0).to(device)
+    # The baseline with the fine-tune's own closed loop, so that the loop's share of the result shows.
+    out["directions_closed_loop"] = load_directions(directions_path, finetuned.base, finetuned.closed_loop).to(device)
+    if measure is not None:
+        measured = load_conditional_generator(finetuned_path).to(device)
+        measured.closed_loop.measure = measure
+        out["finetuned_measured_loop"] = measured
+        out["directions_measured_loop"] = load_directions(directions_path, measured.base, measured.closed_loop).to(
+            device
+        )
     return out
 
 

@@ -93,6 +93,7 @@ def test_evaluate_reports_what_a_perfect_controller_would_score(base, world):
 
 
 def test_the_evaluation_compares_the_file_with_and_without_its_loop_and_the_measured_loop(base, directions, tmp_path):
+    from tests.test_workflow import VARIANTS
     from vhuman.conditional import save_conditional_generator
     from vhuman.directions import ClosedLoop
     from vhuman.evaluation import controllers_to_compare
@@ -114,14 +115,7 @@ def test_the_evaluation_compares_the_file_with_and_without_its_loop_and_the_meas
         return torch.zeros(len(images), 7)
 
     both = controllers_to_compare(tmp_path / "looped.pth", tmp_path / "directions.pth", cpu, measure)
-    assert list(both) == [
-        "finetuned",
-        "directions",
-        "finetuned_open_loop",
-        "directions_closed_loop",
-        "finetuned_measured_loop",
-        "directions_measured_loop",
-    ]
+    assert set(both) == VARIANTS
     assert both["finetuned"].closed_loop.measure is None and both["directions_closed_loop"].closed_loop.measure is None
     assert both["finetuned_measured_loop"].closed_loop.measure is measure
     assert both["directions_measured_loop"].closed_loop is both["finetuned_measured_loop"].closed_loop

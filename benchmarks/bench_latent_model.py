@@ -64,8 +64,8 @@ def main():
     args = ap.parse_args()
     cfg = yaml.safe_load(args.config.read_text())
     with precision_scope(CPU, args.precision):
-        model = load_conditional_generator(args.results / "finetuned.pth", closed_loop_steps=0)
-        critic = load_conditional_generator(args.results / "finetuned.pth").closed_loop.critic
+        model = load_conditional_generator(args.results / "finetuned.pth")
+        critic, model.closed_loop = model.closed_loop.critic, None  # the critic reads; drawing is open loop
         mapping = model.cond_mapping
         drawing_steps = int(mapping.latent_steps)
         mapping.latent_model = None  # the fine-tuned mapping before amortising

@@ -105,6 +105,7 @@ class ClosedLoop(nn.Module):
         steps: int,
         layer_mask: torch.Tensor | None = None,
         num_layers: int | None = None,
+        measure=None,
     ):
         super().__init__()
         if len(weights) != len(PROPERTY_NAMES) + len(fixed_targets) or len(fixed_targets) > 1:
@@ -118,7 +119,12 @@ class ClosedLoop(nn.Module):
         self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), num_layers))
         self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
         self.steps = int(steps)
-        self.measure = None  # set by whoever has the parser at hand (not saved: the parser has its own file)
+        self.measure = measure  # not saved: the parser has its own file
+
+    def copy_with(self, steps: int, measure=None) -> ClosedLoop:
+        """This loop's critic and directions with another number of steps and reader (``measure``; None: the
+        critic)."""
+        return ClosedLoop(self.critic, self.weights, self.fixed_targets, steps, self.layer_mask, measure=measure)
 
     def read(self, images: torch.Tensor) -> torch.Tensor:
         read = critic_reading(self.critic, images, len(self.weights)).float()

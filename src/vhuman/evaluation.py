@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vhuman.conditional import load_conditional_generator
+from vhuman.conditional import ConditionalGenerator, load_conditional_generator
 from vhuman.directions import load_directions
 from vhuman.synthetic import HAIR_COLOR_RANGE, NUISANCE_NAMES, PARAM_INDEX, background_light_range
 from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
@@ -97,21 +97,21 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
 def controllers_to_compare(finetuned_path, directions_path, device, measure=None) -> dict:
     """The variants the evaluation draws, by name: the fine-tuned file as saved, the directions baseline, and, for a
     file with a closed loop, the file open loop, the baseline with the file's loop and, with ``measure`` (images ->
-    property values [N, P]), both with the loop reading that measurement instead of the critic."""
+    property values [N, P]), both with the loop reading that measurement instead of the critic. The file is read
+    once; the variants share its networks."""
     finetuned = load_conditional_generator(finetuned_path).to(device)
-    out = {"finetuned": finetuned, "directions": load_directions(directions_path, finetuned.base).to(device)}
-    if finetuned.closed_loop is None:
+    base, loop = finetuned.base, finetuned.closed_loop
+    out = {"finetuned": finetuned, "directions": load_directions(directions_path, base).to(device)}
+    if loop is None:
         return out  # nothing to open or share: the first two say it all
-    out["finetuned_open_loop"] = load_conditional_generator(finetuned_path, closed_loop_steps=0).to(device)
+    names = finetuned.property_names
+    out["finetuned_open_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, loop.copy_with(0)).eval()
     # The baseline with the fine-tune's own closed loop, so that the loop's share of the result shows.
-    out["directions_closed_loop"] = load_directions(directions_path, finetuned.base, finetuned.closed_loop).to(device)
+    out["directions_closed_loop"] = load_directions(directions_path, base, loop).to(device)
     if measure is not None:
-        measured = load_conditional_generator(finetuned_path).to(device)
-        measured.closed_loop.measure = measure
-        out["finetuned_measured_loop"] = measured
-        out["directions_measured_loop"] = load_directions(directions_path, measured.base, measured.closed_loop).to(
-            device
-        )
+        measured = loop.copy_with(loop.steps, measure)
+        out["finetuned_measured_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, measured).eval()
+        out["directions_measured_loop"] = load_directions(directions_path, base, measured).to(device)
     return out
 
 

@@ -123,6 +123,19 @@ def test_directions_controller_with_a_closed_loop_of_zero_steps_is_the_open_base
         assert not torch.equal(plain(z, c), looped(z, c))
 
 
+def test_with_closed_loop_refines_the_same_baseline_and_leaves_it_open(base, directions):
+    weights, bias, fixed = directions["weights"], directions["bias"], directions["fixed_targets"]
+    plain = DirectionsController(base, weights, bias, fixed)
+    loop = ClosedLoop(PropertyRegressor(width=8), weights, fixed, steps=1, num_layers=6)
+    looped = plain.with_closed_loop(loop)
+    z, c = torch.randn(3, 512), torch.rand(3, 7)
+    with torch.no_grad():
+        assert looped.closed_loop is loop and plain.closed_loop is None
+        assert looped.weights.data_ptr() == plain.weights.data_ptr()  # shared, not copied
+        assert torch.equal(looped.mapping(z, c), plain.mapping(z, c))
+        assert not torch.equal(looped(z, c), plain(z, c))
+
+
 def test_direction_layers_find_the_layer_each_property_lives_on(base, directions):
     weights = directions["weights"].float()
     columns = [PARAM_INDEX[n] for n in (*PROPERTY_NAMES, "gender")]

@@ -213,6 +213,12 @@ class DirectionsController(Controller):
             self.base.mapping(z), self.weights, self.bias, self.gram_inv, target, self.layer_mask
         )
 
+    def with_closed_loop(self, closed_loop: ClosedLoop | None) -> DirectionsController:
+        """The same baseline refined by another closed loop (its tensors shared, not copied or read again)."""
+        return DirectionsController(
+            self.base, self.weights, self.bias, self.fixed_targets, closed_loop, self.layer_mask
+        ).eval()
+
 
 def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
     w_mean, y_mean = w.mean(0), y.mean()

@@ -97,21 +97,22 @@ def control_metrics(requested: np.ndarray, measured: np.ndarray, swept: np.ndarr
 def controllers_to_compare(finetuned_path, directions_path, device, measure=None) -> dict:
     """The variants the evaluation draws, by name: the fine-tuned file as saved, the directions baseline, and, for a
     file with a closed loop, the file open loop, the baseline with the file's loop and, with ``measure`` (images ->
-    property values [N, P]), both with the loop reading that measurement instead of the critic. The file is read
+    property values [N, P]), both with the loop reading that measurement instead of the critic. Each file is read
     once; the variants share its networks."""
     finetuned = load_conditional_generator(finetuned_path).to(device)
     base, loop = finetuned.base, finetuned.closed_loop
-    out = {"finetuned": finetuned, "directions": load_directions(directions_path, base).to(device)}
+    directions = load_directions(directions_path, base).to(device)
+    out = {"finetuned": finetuned, "directions": directions}
     if loop is None:
         return out  # nothing to open or share: the first two say it all
     names = finetuned.property_names
     out["finetuned_open_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, loop.copy_with(0)).eval()
     # The baseline with the fine-tune's own closed loop, so that the loop's share of the result shows.
-    out["directions_closed_loop"] = load_directions(directions_path, base, loop).to(device)
+    out["directions_closed_loop"] = directions.with_closed_loop(loop)
     if measure is not None:
         measured = loop.copy_with(loop.steps, measure)
         out["finetuned_measured_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, measured).eval()
-        out["directions_measured_loop"] = load_directions(directions_path, base, measured).to(device)
+        out["directions_measured_loop"] = directions.with_closed_loop(measured)
     return out
 
 

@@ -18,7 +18,8 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
     gender = load_ensemble(snakemake.input.gender_cnn)
 
     def measure(images):
-        table = measure_properties(parser(to_uint8(images)), to_uint8(images))
+        pixels = to_uint8(images)
+        table = measure_properties(parser(pixels), pixels)
         return table[list(PROPERTY_NAMES)].to_numpy()
 
     def female(images):

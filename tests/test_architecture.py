@@ -12,10 +12,11 @@ PACKAGE = REPO / "src" / "vhuman"
 LAYERS = [
     {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
-    {"synthetic", "stylegan", "bisenet", "report", "weights"},  # networks, renderer, report pictures, downloads
+    # networks, renderer, report pictures, downloads, the IR reader
+    {"synthetic", "stylegan", "mobilestylegan", "bisenet", "report", "weights", "openvino_ir"},
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
-    {"genforce"},  # GenForce's checkpoint files
-    {"generators"},  # both generators behind one interface
+    {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files
+    {"generators"},  # every generator behind one interface
     {"generate", "labeling", "gender", "segmentation", "properties", "regressor"},  # stages 1 to 6a
     {"directions", "label_guesser"},  # stage 6b; the labelling grid's guesses (from the gender stage's CNN)
     {"conditional"},  # the conditional generator and its file

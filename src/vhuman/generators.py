@@ -264,8 +264,8 @@ def load_generator(path: str | Path, kind: str = "auto", resolution: int | None 
         )
     if kind in ("synthetic", "mobilestylegan"):
         raise CheckpointError(
-            f"{path}: not a {kind} generator checkpoint (kind {ckpt.get('kind')!r}); "
-            f"make it again with `snakemake {path}`"
+            f"{path}: not a {'synthetic-world' if kind == 'synthetic' else 'MobileStyleGAN'} generator checkpoint "
+            f"(kind {ckpt.get('kind')!r}); make it again with `snakemake {path}`"
         )
     return generator_from_checkpoint(ckpt, path, expected_resolution=resolution)
 

@@ -2,7 +2,9 @@
 
 The labels live in one CSV (image_id, gender, quality, labeled_at); gender is ``female`` or ``male``, quality
 ``good`` or ``bad``. Every change rewrites the whole file through a temporary file, fsync and rename, under a lock,
-so a killed server or two open tabs never lose or tear a label.
+so a killed server or two open tabs never lose or tear a label. A label that a later one replaced is kept beside
+it (``<name>.replaced.csv``, with the time it was replaced), so undo restores it instead of leaving the image
+unlabelled, also after a restart.
 
 Start the page with ``vhuman-label --images results/generated/images --labels data/labels/manual_labels.csv``. It
 has two modes: one face at a time (one key per face), and a grid of the next faces pre-filled with a model's guess
@@ -25,12 +27,13 @@ import numpy as np
 import pandas as pd
 
 from vhuman.atomic import atomic_path, remove_stale_temporaries
-from vhuman.webserver import LocalServer, PageHandler, Refused, local_server, page, read_json_object
+from vhuman.webserver import LocalServer, PageHandler, file_inside, local_server, page, whole_number
 
 COLUMNS = ("image_id", "gender", "quality", "labeled_at")
+REPLACED_COLUMNS = (*COLUMNS, "replaced_at")
 GENDERS = ("female", "male")
 QUALITIES = ("good", "bad")
-IMAGE_ID = re.compile(r"^[0-9]{6}$")
+IMAGE_ID = re.compile(r"[0-9]{6}")  # with fullmatch: exactly six ASCII digits, no trailing newline
 
 
 class LabelFileError(ValueError):
@@ -75,12 +78,12 @@ def _parse_labels(path: Path, reader: csv.DictReader, known_ids: set[str] | None
     return pd.DataFrame(list(rows.values()), columns=list(COLUMNS))
 
 
-def write_labels(path: str | Path, rows: list[dict]) -> None:
+def write_labels(path: str | Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
     """Write the whole CSV durably: temporary file, fsync, rename, fsync of the folder."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
             f.flush()
@@ -90,6 +93,19 @@ def write_labels(path: str | Path, rows: list[dict]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def replaced_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.replaced.csv")
+
+
+def read_replaced(path: Path, known: set[str]) -> list[dict]:
+    """The labels later ones replaced (``REPLACED_COLUMNS``); rows of other images or another shape are ignored."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if set(r) == set(REPLACED_COLUMNS) and r["image_id"] in known]
 
 
 class MajorityGuess:
@@ -125,6 +141,7 @@ class LabelStore:
         self.rows: dict[str, dict] = {
             r["image_id"]: dict(r) for r in table.sort_values("labeled_at", kind="stable").to_dict("records")
         }
+        self.replaced = read_replaced(replaced_path(self.path), self.known)
         self.skipped: list[str] = []
         self.lock = threading.Lock()
         self.started = time.time()
@@ -185,6 +202,10 @@ class LabelStore:
             raise ValueError("an image appears twice in one batch")
         with self.lock:
             when = self._now()
+            earlier = [{**self.rows[i], "replaced_at": when} for i, _, _ in labels if i in self.rows]
+            if earlier:  # kept first: a crash before the labels' write leaves only an entry no undo asks for
+                self.replaced += earlier
+                write_labels(replaced_path(self.path), self.replaced, REPLACED_COLUMNS)
             for image_id, gender, quality in labels:
                 self.rows.pop(image_id, None)
                 self.rows[image_id] = {"image_id": image_id, "gender": gender, "quality": quality, "labeled_at": when}
@@ -201,7 +222,8 @@ class LabelStore:
         self.label_many([(image_id, gender, quality)])
 
     def undo(self) -> list[str]:
-        """Take back the last batch (one label, or one confirmed page); returns its image ids."""
+        """Take back the last batch (one label, or one confirmed page): each of its images gets back the label it
+        replaced, or none if it had none. Returns the batch's image ids."""
         with self.lock:
             if not self.rows:
                 return []
@@ -209,7 +231,15 @@ class LabelStore:
             batch = [i for i, r in self.rows.items() if r["labeled_at"] == when]
             for image_id in batch:
                 del self.rows[image_id]
+            restored = [r for r in self.replaced if r["replaced_at"] == when]
+            for row in restored:
+                self.rows[row["image_id"]] = {k: row[k] for k in COLUMNS}
+            if restored:  # back to labelling order, which the next undo walks
+                self.rows = dict(sorted(self.rows.items(), key=lambda item: item[1]["labeled_at"]))
             write_labels(self.path, list(self.rows.values()))
+            if restored:
+                self.replaced = [r for r in self.replaced if r["replaced_at"] != when]
+                write_labels(replaced_path(self.path), self.replaced, REPLACED_COLUMNS)
             return batch
 
     def skip(self, image_id: str) -> None:
@@ -221,11 +251,17 @@ class LabelStore:
             self.skipped.append(image_id)
 
 
+def _image_id(value) -> str:
+    if not isinstance(value, str) or not IMAGE_ID.fullmatch(value):
+        raise ValueError(f"image_id must be six digits, got {str(value)[:20]!r}")
+    return value
+
+
 def _page_labels(body: dict) -> list[tuple[str, str, str]]:
     labels = body.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, dict) for x in labels):
         raise ValueError("labels must be a list of {image_id, gender, quality}")
-    return [(str(x.get("image_id")), x.get("gender"), x.get("quality")) for x in labels]
+    return [(_image_id(x.get("image_id")), x.get("gender"), x.get("quality")) for x in labels]
 
 
 def make_handler(store: LabelStore, images_dir: Path):
@@ -233,44 +269,43 @@ def make_handler(store: LabelStore, images_dir: Path):
 
     class Handler(PageHandler):
         def do_GET(self):
+            self.answer(self.get)
+
+        def do_POST(self):
+            self.answer(self.post)
+
+        def get(self):
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query)
-            try:
-                self.check(query.get("token", [None])[0])
-            except Refused as exc:
-                return self.send_json({"error": str(exc)}, exc.code)
+            self.check(query.get("token", [None])[0])
             pages = {"/": "label.html", "/grid": "label_grid.html"}
             if url.path in pages:
                 return self.send_body(200, page(pages[url.path], self.token), "text/html; charset=utf-8")
             if url.path == "/api/state":
                 return self.send_json(store.state())
             if url.path == "/api/grid":
-                count = query.get("count", ["16"])[0]
-                return self.send_json(store.grid(min(int(count), 64) if count.isdigit() else 16))
+                return self.send_json(store.grid(whole_number(query.get("count", ["16"])[0], "count", 1, 64)))
             m = re.fullmatch(r"/images/([0-9]{6})\.png", url.path)
-            # Only ids of this dataset are served: no other path can reach the disk.
-            if m and m.group(1) in store.known:
-                path = images_dir / f"{m.group(1)}.png"
-                if path.is_file():
-                    return self.send_body(200, path.read_bytes(), "image/png")
+            # Only ids of this dataset, and only files inside the image folder: no other path reaches the disk.
+            path = file_inside(images_dir, f"{m.group(1)}.png") if m and m.group(1) in store.known else None
+            if path is not None:
+                return self.send_body(200, path.read_bytes(), "image/png")
             return self.send_body(404, b'{"error": "not found"}')
 
-        def do_POST(self):
+        def post(self):
+            self.check(changes_state=True)
+            body = self.read_body()
             try:
-                self.check(changes_state=True)
-                body = read_json_object(self.headers, self.rfile)
                 if self.path == "/api/label":
-                    store.label(str(body.get("image_id")), body.get("gender"), body.get("quality"))
+                    store.label(_image_id(body.get("image_id")), body.get("gender"), body.get("quality"))
                 elif self.path == "/api/label_page":
                     store.label_many(_page_labels(body))
                 elif self.path == "/api/skip":
-                    store.skip(str(body.get("image_id")))
+                    store.skip(_image_id(body.get("image_id")))
                 elif self.path == "/api/undo":
                     store.undo()
                 else:
                     return self.send_body(404, b'{"error": "not found"}')
-            except Refused as exc:
-                return self.send_json({"error": str(exc)}, exc.code)
             except KeyError:
                 return self.send_body(404, b'{"error": "unknown image id"}')
             except ValueError as exc:
@@ -281,7 +316,7 @@ def make_handler(store: LabelStore, images_dir: Path):
 
 
 def dataset_ids(images_dir: str | Path, first: int | None = None) -> list[str]:
-    ids = sorted(p.stem for p in Path(images_dir).glob("*.png") if IMAGE_ID.match(p.stem))
+    ids = sorted(p.stem for p in Path(images_dir).glob("*.png") if IMAGE_ID.fullmatch(p.stem) and p.is_file())
     return ids[:first] if first else ids
 
 

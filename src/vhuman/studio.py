@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,11 +32,14 @@ from vhuman.io import CheckpointError, save_png, to_uint8
 from vhuman.latents import latent_for_seed
 from vhuman.pictures import save_gif
 from vhuman.vocabulary import MEANINGS, PROPERTY_NAMES, RANGES
-from vhuman.webserver import LocalServer, PageHandler, Refused, local_server, page, read_json_object
+from vhuman.webserver import LocalServer, PageHandler, file_inside, local_server, page
 
 MAX_SEED = 2**63 - 1
-SWEEP_FRAMES = 9
-SAVED_NAME = re.compile(r"^[a-z0-9_.-]+\.(png|gif)$")
+MAX_REQUEST = 2**53  # a page counts its draws in a JavaScript number
+MAX_PAGES = 256  # page loads whose newest request is remembered
+PAGE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+SWEEP_FRAMES = 9  # a GIF of a sweep is 16 frames, about 350 kB at 64x64: saves are kept, never pruned
+SAVED_NAME = re.compile(r"[a-z0-9_.-]+\.(png|gif)")
 
 
 class Stale(Exception):
@@ -48,6 +52,18 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def request_of(body: dict) -> tuple[str, int] | None:
+    """(page id, request number) of a draw; None when the body names neither (then it is never stale)."""
+    page_id, number = body.get("page"), body.get("request")
+    if page_id is None and number is None:
+        return None
+    if not isinstance(page_id, str) or not PAGE_ID.fullmatch(page_id):
+        raise ValueError("page must be the page's id: 1 to 64 letters, digits or dashes")
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_REQUEST:
+        raise ValueError(f"request must be a whole number from 0 to {MAX_REQUEST}")
+    return page_id, number
+
+
 class Studio:
     """The fine-tuned generator behind the page: checks requests, draws, reads back, saves."""
 
@@ -55,8 +71,10 @@ class Studio:
         self.checkpoint, self.out_dir, self.device = Path(checkpoint), Path(out_dir), torch.device(device)
         self.model = None
         self.error: str | None = None
-        self.lock = threading.Lock()
-        self.newest = 0  # the highest request number seen: older draws are stale
+        self.lock, self.lock_pages = threading.Lock(), threading.Lock()
+        # Per page load (the page's own random id): the highest request number seen; older draws are stale. Each
+        # page counts on its own, so a reload, a second tab or an absurd number stalls no other page.
+        self.newest: OrderedDict[str, int] = OrderedDict()
         self.load()
 
     def load(self) -> None:
@@ -125,13 +143,20 @@ class Studio:
             raise ValueError(f"{self.checkpoint} records no closed loop; draw open loop")
         return seed, torch.tensor([c]), loop
 
-    def draw(self, seed: int, c: torch.Tensor, loop: str, request: int | None = None):
+    def note_request(self, page_id: str, request: int) -> None:
+        with self.lock_pages:
+            self.newest[page_id] = max(self.newest.pop(page_id, request), request)
+            while len(self.newest) > MAX_PAGES:
+                self.newest.popitem(last=False)
+
+    def draw(self, seed: int, c: torch.Tensor, loop: str, request: tuple[str, int] | None = None):
         """Images [N, H, W, 3] uint8 for the rows of ``c`` (one face, seed ``seed``) and the critic's readings
-        [N, properties + 1] (the last column p(female)); None without a critic."""
+        [N, properties + 1] (the last column p(female)); None without a critic. ``request`` is (page id, number):
+        a draw that a newer one of the same page has overtaken raises Stale."""
         if request is not None:
-            self.newest = max(self.newest, request)
+            self.note_request(*request)
         with self.lock, torch.inference_mode():
-            if request is not None and request < self.newest:
+            if request is not None and request[1] < self.newest.get(request[0], request[1]):
                 raise Stale()
             if self.model.closed_loop is not None:
                 self.model.closed_loop.steps = self.loop_steps if loop == "closed" else 0
@@ -145,8 +170,7 @@ class Studio:
     def draw_reply(self, body: dict) -> dict:
         start = time.perf_counter()
         seed, c, loop = self.parse(body)
-        request = body.get("request")
-        images, read = self.draw(seed, c, loop, request if isinstance(request, int) else None)
+        images, read = self.draw(seed, c, loop, request_of(body))
         reply = {"image": "data:image/png;base64," + base64.b64encode(png_bytes(images[0])).decode(), "seed": seed}
         if read is not None:
             reply["read_back"] = dict(zip(PROPERTY_NAMES, map(float, read[0][:-1]), strict=True))
@@ -182,44 +206,48 @@ class Studio:
 def make_handler(studio: Studio):
     class Handler(PageHandler):
         def do_GET(self):
+            self.answer(self.get)
+
+        def do_POST(self):
+            self.answer(self.post)
+
+        def get(self):
             url = urllib.parse.urlsplit(self.path)
-            try:
-                self.check(urllib.parse.parse_qs(url.query).get("token", [None])[0])
-            except Refused as exc:
-                return self.send_json({"error": str(exc)}, exc.code)
+            self.check(urllib.parse.parse_qs(url.query).get("token", [None])[0])
             if url.path == "/":
                 return self.send_body(200, page("studio.html", self.token), "text/html; charset=utf-8")
             if url.path == "/api/info":
                 return self.send_json(studio.info())
             name = url.path.removeprefix("/files/")
-            # Only files the studio wrote, by their bare names: no other path reaches the disk.
-            if url.path.startswith("/files/") and SAVED_NAME.match(name) and (studio.out_dir / name).is_file():
+            # Only files the studio wrote, by their bare names, inside its folder: no other path reaches the disk.
+            path = (
+                file_inside(studio.out_dir, name)
+                if url.path.startswith("/files/") and SAVED_NAME.fullmatch(name)
+                else None
+            )
+            if path is not None:
                 ctype = "image/png" if name.endswith(".png") else "image/gif"
-                return self.send_body(200, (studio.out_dir / name).read_bytes(), ctype, filename=name)
+                return self.send_body(200, path.read_bytes(), ctype, filename=name)
             return self.send_body(404, b'{"error": "not found"}')
 
-        def do_POST(self):
+        def post(self):
             actions = {
                 "/api/draw": studio.draw_reply,
                 "/api/save_png": studio.save_face,
                 "/api/save_gif": studio.save_sweep,
             }
+            self.check(changes_state=True)
+            body = self.read_body()
+            if self.path not in actions:
+                return self.send_body(404, b'{"error": "not found"}')
             try:
-                self.check(changes_state=True)
-                body = read_json_object(self.headers, self.rfile)
-                if self.path not in actions:
-                    return self.send_body(404, b'{"error": "not found"}')
                 result = actions[self.path](body)
-            except Refused as exc:
-                return self.send_json({"error": str(exc)}, exc.code)
             except Stale:
                 return self.send_json({"error": "overtaken by a newer request"}, 409)
             except ValueError as exc:
                 return self.send_json({"error": str(exc)}, 400)
-            except Exception as exc:  # the page shows a message, never a dead connection
-                return self.send_json({"error": f"{type(exc).__name__}: {exc}"}, 500)
-            if isinstance(result, Path):
-                result = {"saved": str(result), "url": f"/files/{result.name}"}
+            if isinstance(result, Path):  # the page learns the name within --out, not where --out is
+                result = {"saved": result.name, "url": f"/files/{result.name}"}
             return self.send_json(result)
 
     return Handler

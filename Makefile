@@ -17,7 +17,7 @@ run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 	@$(BIN)/python -c "import json; t = json.load(open('results/benchmarks/stage_times.json')); \
 	print(f\"stage times: {t['total_seconds'] / 60:.1f} minutes in all on {t['machine']['cpu']} \
-	({t['machine']['cores']} cores); per rule: results/report/stage_times.html\")"
+	({t['machine']['cores']} cores, {t['machine'].get('precision', 'float32')}); per rule: results/report/stage_times.html\")"
 
 test: $(BIN)/.installed
 	tests/system_packages.sh

@@ -135,6 +135,9 @@ def test_every_generator_shares_one_interface(kind, tmp_path):
         assert not torch.allclose(gen.mapping(z, first_layer_extra=extra + 1), w)
         images = gen.synthesis(truncate(w, gen.w_avg, gen.num_layers))
     assert images.shape == (3, 3, 32, 32) and gen.resolution == 32
+    wp = truncate(w, gen.w_avg, gen.num_layers).requires_grad_(True)  # the fine-tune backpropagates to the codes
+    gen.synthesis(wp).square().mean().backward()
+    assert torch.isfinite(wp.grad).all() and wp.grad.abs().sum() > 0
     again = generator_from_record(generator_record(gen), "record")
     gen.save(tmp_path / "g.pth")
     loaded = load_generator(tmp_path / "g.pth")

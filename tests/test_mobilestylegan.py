@@ -74,6 +74,16 @@ def test_haar_inverse_is_the_exports_six_transposed_convs():
     hi = step(high[:, :, 1], g0, True) + step(high[:, :, 2], g1, True)
     expected = step(lo, g0, False) + step(hi, g1, False)
     torch.testing.assert_close(haar_inverse(x), expected, rtol=0, atol=1e-6)
+    # the same with gradients (the fine-tune backpropagates through it)
+    x.requires_grad_(True)
+    weights = torch.randn(expected.shape)
+    (mine,) = torch.autograd.grad((haar_inverse(x) * weights).sum(), x)
+    lo = step(x[:, :c], g0, True) + step(x[:, c:].reshape(2, c, 3, 6, 7)[:, :, 0], g1, True)
+    hi = step(x[:, c:].reshape(2, c, 3, 6, 7)[:, :, 1], g0, True) + step(
+        x[:, c:].reshape(2, c, 3, 6, 7)[:, :, 2], g1, True
+    )
+    (theirs,) = torch.autograd.grad(((step(lo, g0, False) + step(hi, g1, False)) * weights).sum(), x)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
     # and the box filter of the image is half the low band, the identity the 256-pixel images rest on
     torch.testing.assert_close(F.avg_pool2d(expected, 2), low / 2, rtol=0, atol=1e-6)
 

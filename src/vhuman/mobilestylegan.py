@@ -177,12 +177,16 @@ def haar_inverse(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Te
     low, high = rows[..., :c], rows[..., c:].unflatten(-1, (c, 3))
     b0, b1, b2 = high.unbind(-1)
     s, d, t, u = low + b0, low - b0, b1 + b2, b1 - b2
-    out = torch.empty(n, h, 2, w, 2, c, dtype=x.dtype, device=x.device)
-    torch.add(s, t, out=out[:, :, 0, :, 0])
-    torch.sub(s, t, out=out[:, :, 0, :, 1])
-    torch.add(d, u, out=out[:, :, 1, :, 0])
-    torch.sub(d, u, out=out[:, :, 1, :, 1])
-    return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    if torch.is_grad_enabled() and rows.requires_grad:  # out= writes have no gradient: stack instead
+        top, bottom = torch.stack([s + t, s - t], dim=3), torch.stack([d + u, d - u], dim=3)
+        out = torch.stack([top, bottom], dim=2)
+    else:
+        out = torch.empty(n, h, 2, w, 2, c, dtype=x.dtype, device=x.device)
+        torch.add(s, t, out=out[:, :, 0, :, 0])
+        torch.sub(s, t, out=out[:, :, 0, :, 1])
+        torch.add(d, u, out=out[:, :, 1, :, 0])
+        torch.sub(d, u, out=out[:, :, 1, :, 1])
+    return out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class WaveletUpsample(nn.Module):

@@ -199,9 +199,9 @@ def machine_description() -> dict:
     return {"cpu": cpu, "cores": cores}
 
 
-def stage_times(benchmark_files: dict[str, str | Path]) -> dict:
+def stage_times(benchmark_files: dict[str, str | Path], precision: str | None = None) -> dict:
     """Snakemake's benchmark files (one per rule) as one table: wall seconds and peak memory per rule, and the sum
-    (the DAG's total when its rules run one after another)."""
+    (the DAG's total when its rules run one after another); ``precision`` is what the network stages computed in."""
     rows = []
     for rule, path in benchmark_files.items():
         lines = Path(path).read_text().splitlines()
@@ -217,4 +217,5 @@ def stage_times(benchmark_files: dict[str, str | Path]) -> dict:
         rows.append({"rule": rule, "seconds": number("s"), "max_rss_mb": number("max_rss")})
     rows.sort(key=lambda r: -(r["seconds"] or 0))
     total = sum(r["seconds"] or 0 for r in rows)
-    return {"machine": machine_description(), "total_seconds": round(total, 1), "rules": rows}
+    machine = {**machine_description(), **({"precision": precision} if precision else {})}
+    return {"machine": machine, "total_seconds": round(total, 1), "rules": rows}

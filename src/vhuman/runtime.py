@@ -50,6 +50,12 @@ def precision_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None if precision == "float32" else getattr(torch, precision)
 
 
+def precision_name(device: torch.device, precision: str) -> str:
+    """What ``precision`` means on ``device``: float32, bfloat16 or float16 (``auto`` resolved)."""
+    dtype = precision_dtype(device, precision)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def loss_scaler(device: torch.device | str) -> torch.amp.GradScaler:
     """A gradient scaler for the training loop running here: active under float16 autocast (whose narrow range
     flushes small gradients to zero), a pass-through otherwise, so loops call it the same way in every precision."""

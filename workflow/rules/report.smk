@@ -34,6 +34,9 @@ rule stage_times:
             caption="../report/stage_times.rst",
             category="6. Stage times",
         ),
+    params:
+        device=config["device"],
+        precision=config["precision"],
     log:
         "logs/stage_times.log",
     script:

@@ -1,8 +1,10 @@
 from vhuman.io import atomic_path, logging_to, write_json
 from vhuman.report import metrics_table_html, stage_times
+from vhuman.runtime import pick_device, precision_name
 
 with logging_to(snakemake.log[0]):
-    times = stage_times(dict(snakemake.input.items()))
+    precision = precision_name(pick_device(snakemake.params.device), snakemake.params.precision)
+    times = stage_times(dict(snakemake.input.items()), precision)
     write_json(times, snakemake.output.json)
     with atomic_path(snakemake.output.html) as tmp:
         tmp.write_text(metrics_table_html(times, "stage times of the last run"))

@@ -12,13 +12,23 @@ PACKAGE = REPO / "src" / "vhuman"
 LAYERS = [
     {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
-    # networks, renderer, report pictures, downloads, the IR reader
-    {"synthetic", "stylegan", "mobilestylegan", "bisenet", "report", "weights", "openvino_ir"},
+    # networks, renderer, report pictures, downloads, the IR reader, the independent judges
+    {
+        "synthetic",
+        "stylegan",
+        "mobilestylegan",
+        "bisenet",
+        "report",
+        "weights",
+        "openvino_ir",
+        "judges",
+    },
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files
     {"generators"},  # every generator behind one interface
     {"generate", "labeling", "gender", "segmentation", "properties", "regressor"},  # stages 1 to 6a
-    {"directions", "label_guesser"},  # stage 6b; the labelling grid's guesses (from the gender stage's CNN)
+    # stage 6b; the labelling grid's guesses (from the gender stage's CNN); the stand-in for the person who labels
+    {"directions", "label_guesser", "hand_label_stand_in"},
     {"conditional"},  # the conditional generator and its file
     {"amortise"},  # stage 6c's second part: the closed loop amortised into the mapping
     {"finetune", "evaluation", "pictures"},  # stages 6c and 7

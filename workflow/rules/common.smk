@@ -34,7 +34,7 @@ def generator_checkpoint():
 def manual_labels(wildcards):
     """The hand-label CSV; with real weights a missing file stops the DAG with what to do."""
     path = config["labels"]["manual_csv"]
-    if not SYNTHETIC and not Path(path).exists():
+    if not SYNTHETIC and not config["labels"].get("stand_in") and not Path(path).exists():
         raise WorkflowError(
             f"Hand labels {path} are missing. Generate the images, then label the first "
             f"{config['labels']['num_manual']} of them in the browser:\n"

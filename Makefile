@@ -5,7 +5,7 @@ VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: run test lint report dag clean
+.PHONY: run test test-real lint report dag clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	tests/system_packages.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not real_weights"
+
+# Tests with the real weights (fetched once per machine): the real configurations' DAGs on tiny settings, the judges.
+test-real: $(BIN)/.installed
+	$(BIN)/python -m pytest -m real_weights
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -21,7 +21,7 @@ from vhuman.vocabulary import CLASS_ID, PROPERTY_NAMES, RANGES
 MOBILE = "config/mobilestylegan_ffhq.yaml"
 NUM_IMAGES, NUM_MANUAL = 24, 12
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 
 @pytest.fixture(scope="module")

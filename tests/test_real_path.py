@@ -69,7 +69,7 @@ def real_run(tmp_path_factory):
     return work
 
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 
 def test_every_rule_of_the_real_config_ran(real_run):

@@ -26,7 +26,15 @@ LAYERS = [
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files
     {"generators"},  # every generator behind one interface
-    {"generate", "labeling", "gender", "segmentation", "properties", "regressor"},  # stages 1 to 6a
+    {
+        "generate",
+        "labeling",
+        "gender",
+        "segmentation",
+        "properties",
+        "regressor",
+        "judging",
+    },  # stages 1 to 6a; judged control
     # stage 6b; the labelling grid's guesses (from the gender stage's CNN); the stand-in for the person who labels
     {"directions", "label_guesser", "hand_label_stand_in"},
     {"conditional"},  # the conditional generator and its file

@@ -46,6 +46,23 @@ def test_evaluate_with_truth_runs(base, world, directions):
     assert all(moved[n]["unmeasured_attributes_movement"] > 0.005 for n in PROPERTY_NAMES)
 
 
+def test_evaluate_hands_every_drawn_face_to_the_judges(base, world):
+    from vhuman.judges import Verdict
+
+    seen = []
+
+    def judge(images):  # a stand-in judge: a face everywhere, eyes read as the image's mean brightness
+        seen.append(len(images))
+        return [Verdict(True, float(im.mean()), 0.1, 0.0, 0.5, np.zeros(128)) for im in images]
+
+    rows = world[0][list(PROPERTY_NAMES)].to_numpy(np.float32)
+    model = ConditionalGenerator(base, ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7)))
+    result = evaluate(model, rows, num_z=2, levels=3, seed=0, progress=False, judge_images=judge)
+    assert sum(seen) == result["images"] == 7 * 2 * 3
+    assert result["judges"]["faces_found"] == 1.0 and result["judges"]["same_person_share"] == 1.0
+    assert result["judges"]["eyes"]["judged"] == 2 * 3
+
+
 def test_control_metrics_give_the_spread_across_z_and_the_share_within_a_tenth():
     from vhuman.evaluation import control_metrics
 

@@ -132,3 +132,35 @@ def test_hand_label_stand_in_on_photographs():
     gender, quality, p_female = stand_in.label(skimage_data.astronaut())  # Eileen Collins
     assert (gender, quality) == ("female", "good") and p_female > 0.5
     assert stand_in.label(np.zeros((128, 128, 3), np.uint8))[1] == "bad"
+
+
+def verdict(eyes=0.3, mouth=0.1, yaw=0.0, luma=0.5, person=0.0, found=True):
+    descriptor = np.full(128, person / np.sqrt(128)) if found else np.full(128, np.nan)
+    if not found:
+        return judges.Verdict(False, np.nan, np.nan, np.nan, luma, descriptor)
+    return judges.Verdict(True, eyes, mouth, yaw, luma, descriptor)
+
+
+def test_judged_control_correlates_requests_with_readings_and_keeps_persons_apart():
+    from vhuman.judging import judged_control
+    from vhuman.vocabulary import PROPERTY_NAMES
+
+    eyes = PROPERTY_NAMES.index("eyes")
+    levels = np.linspace(0, 1, 5)
+    requested, swept, z_index, verdicts = [], [], [], []
+    for z in range(2):
+        for i, level in enumerate(levels):
+            c = np.full(len(PROPERTY_NAMES), 0.5)
+            c[eyes] = level
+            requested.append(c)
+            swept.append(eyes)
+            z_index.append(z)
+            # z 0: the eyes follow the request and the person stays; z 1: another person from the third level on,
+            # and no face found on the last.
+            person = 0.0 if z == 0 or i < 2 else 0.9
+            verdicts.append(verdict(eyes=0.05 + 0.3 * level, person=person, found=not (z == 1 and i == 4)))
+    report = judged_control(verdicts, np.array(requested), np.array(swept), np.array(z_index))
+    assert report["eyes"]["pearson_r"] == pytest.approx(1.0) and report["eyes"]["judged"] == 9
+    assert report["mouth"]["pearson_r"] is None  # mouth was never swept
+    assert report["faces_found"] == pytest.approx(0.9)
+    assert report["same_person_share"] == pytest.approx((4 / 4 + 1 / 4) / 2)

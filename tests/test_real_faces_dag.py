@@ -1,6 +1,7 @@
 """The real-face configuration's whole DAG on tiny stage settings, with the real weights: MobileStyleGAN-FFHQ and
-the genuine BiSeNet fetched as the download rules fetch them (once per machine), a hand-label CSV for the first
-images. Unlike the GenForce path (random weights), these are faces, so the values are checked, not only the files."""
+the genuine BiSeNet fetched as the download rules fetch them (once per machine), dlib's judges, a hand-label CSV
+for the first images. Unlike the GenForce path (random weights), these are faces, so the values are checked, not
+only the files."""
 
 import json
 
@@ -47,6 +48,7 @@ def test_every_rule_ran_and_nothing_is_left(mobile_run):
     logs = {p.stem for p in (mobile_run / "logs").glob("*.log")}
     expected = {"download_generator", "download_bisenet", "generate", "gender_cnn", "female_subset", "segment"}
     expected |= {"properties", "property_regressor", "latent_directions", "finetune", "evaluate_control"}
+    expected |= {"download_judges"}
     assert expected <= logs, expected - logs
     assert (mobile_run / "results" / "report.html").stat().st_size > 100_000
 
@@ -91,3 +93,6 @@ def test_the_fine_tuned_generator_draws_real_faces_and_is_evaluated(mobile_run):
     for variant in control.values():
         r = [variant["parser"][name]["pearson_r"] for name in PROPERTY_NAMES]
         assert all(v is None or np.isfinite(v) for v in r)
+        judged = variant["judges"]  # dlib's view of every drawn face
+        assert judged["faces"] == variant["images"] and 0 <= judged["faces_found"] <= 1
+        assert judged["same_person_share"] is None or 0 <= judged["same_person_share"] <= 1

@@ -27,6 +27,13 @@ def test_control_table_has_a_row_per_property_and_model():
     assert page.count("<td>pearson_r 0.953, mae 0.0721</td>") == 2
 
 
+def test_control_table_shows_the_judges_figures_beside_their_properties():
+    judges = {"faces": 10, "faces_found": 0.9, "same_person_share": None, "eyes": {"pearson_r": 0.8, "judged": 9}}
+    page = control_table_html({"finetuned": {"images": 10, "judges": judges}})
+    assert "measured by: judges (faces 10, faces_found 0.9, same_person_share" in page
+    assert "<td>eyes</td><td>0.8</td><td>9</td>" in page and "<th>mae</th>" not in page
+
+
 def test_animation_page_embeds_the_gif(tmp_path):
     gif = tmp_path / "a.gif"
     gif.write_bytes(b"GIF89a-not-really")

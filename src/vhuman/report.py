@@ -204,9 +204,34 @@ def machine_description() -> dict:
     return {"cpu": cpu, "cores": cores}
 
 
-def stage_times(benchmark_files: dict[str, str | Path], precision: str | None = None) -> dict:
+def run_origin(workflow_dir: str | Path, configfiles: list[str]) -> dict:
+    """The commit the workflow's code is at (with ``+changes`` when tracked files differ from it; ``unknown``
+    outside a git checkout) and the config files the run was given, to stamp the run's figures with."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(workflow_dir), *args], capture_output=True, text=True, check=True)
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD").stdout.strip()
+        if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+            commit += "+changes"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    here = Path.cwd().resolve()
+    named = [Path(c).resolve() for c in configfiles]
+    return {
+        "commit": commit,
+        "configfiles": [str(c.relative_to(here)) if c.is_relative_to(here) else str(c) for c in named],
+    }
+
+
+def stage_times(
+    benchmark_files: dict[str, str | Path], precision: str | None = None, origin: dict | None = None
+) -> dict:
     """Snakemake's benchmark files (one per rule) as one table: wall seconds and peak memory per rule, and the sum
-    (the DAG's total when its rules run one after another); ``precision`` is what the network stages computed in."""
+    (the DAG's total when its rules run one after another); ``precision`` is what the network stages computed in,
+    ``origin`` the commit and config files the run was started from."""
     rows = []
     for rule, path in benchmark_files.items():
         lines = Path(path).read_text().splitlines()
@@ -223,4 +248,4 @@ def stage_times(benchmark_files: dict[str, str | Path], precision: str | None = 
     rows.sort(key=lambda r: -(r["seconds"] or 0))
     total = sum(r["seconds"] or 0 for r in rows)
     machine = {**machine_description(), **({"precision": precision} if precision else {})}
-    return {"machine": machine, "total_seconds": round(total, 1), "rules": rows}
+    return {"machine": machine, **({"run": origin} if origin else {}), "total_seconds": round(total, 1), "rules": rows}

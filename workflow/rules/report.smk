@@ -37,6 +37,8 @@ rule stage_times:
     params:
         device=config["device"],
         precision=config["precision"],
+        workflow_dir=workflow.basedir,
+        configfiles=[str(f) for f in workflow.configfiles],
     log:
         "logs/stage_times.log",
     script:

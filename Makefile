@@ -5,7 +5,7 @@ VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: run test test-real lint report dag clean
+.PHONY: run test test-real lint report docs dag clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,7 @@ dag:
 
 clean:
 	rm -rf results logs .snakemake
+
+# docs/results.md and the README's headline table from the finished run's own JSON (copied into docs/run/)
+docs: $(BIN)/.installed
+	$(BIN)/python -m vhuman.results_doc results

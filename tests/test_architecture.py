@@ -12,7 +12,7 @@ PACKAGE = REPO / "src" / "vhuman"
 LAYERS = [
     {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
-    # networks, renderer, report pictures, downloads, the IR reader, the independent judges
+    # networks, renderer, report pictures, downloads, the IR reader, the independent judges, the results page
     {
         "synthetic",
         "stylegan",
@@ -22,6 +22,7 @@ LAYERS = [
         "weights",
         "openvino_ir",
         "judges",
+        "results_doc",
     },
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files

@@ -1,6 +1,7 @@
 """The workflow as a user runs it: Snakemake on the embedded default, shrunk to tiny settings."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -298,3 +299,13 @@ def test_controlled_generation_cli(tiny_run, tmp_path):
     assert (open_loop / "seed000000.png").read_bytes() != (out / "seed000000.png").read_bytes()
     bad = subprocess.run([cli, "--eyes", "1.5", "--out", str(out)], cwd=tiny_run, capture_output=True, text=True)
     assert bad.returncode != 0 and "eyes" in bad.stderr
+
+
+def test_the_readme_s_python_example_draws_faces(tiny_run):
+    """The README's "Using the generator from Python" block, run as written in a finished run's folder."""
+    code = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tiny_run, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    drawn = sorted((tiny_run / "results" / "controlled").glob("seed*.png"))
+    assert [p.name for p in drawn] == [f"seed{s:06d}.png" for s in range(4)]
+    assert len({p.read_bytes() for p in drawn}) == 4

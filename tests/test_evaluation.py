@@ -139,3 +139,32 @@ def test_the_evaluation_compares_the_file_with_and_without_its_loop_and_the_meas
     assert both["finetuned_open_loop"].closed_loop.steps == 0 and both["finetuned"].closed_loop.steps == 2
     without = controllers_to_compare(tmp_path / "looped.pth", tmp_path / "directions.pth", cpu)
     assert "finetuned_measured_loop" not in without and "directions_closed_loop" in without
+
+
+def test_sweeps_run_between_the_data_s_percentiles_where_the_config_asks(base, world):
+    import pandas as pd
+
+    from vhuman.evaluation import sweep_bounds
+    from vhuman.vocabulary import RANGES
+
+    values = np.linspace(0.2, 0.6, 101)
+    table = pd.DataFrame({n: values for n in PROPERTY_NAMES} | {f"{n}_valid": True for n in PROPERTY_NAMES})
+    table.loc[:9, "mouth_valid"] = False  # invalid rows do not count
+    table.loc[:9, "mouth"] = 5.0
+    table["eyes_valid"] = False  # no valid value at all: the whole range
+    bounds = sweep_bounds(table, [5, 95])
+    assert bounds["hair_color"] == pytest.approx((0.22, 0.58))
+    assert bounds["mouth"] == pytest.approx(tuple(np.percentile(values[10:], [5, 95])))
+    assert bounds["eyes"] == RANGES["eyes"]
+    assert sweep_bounds(table, None) == {n: RANGES[n] for n in PROPERTY_NAMES}
+
+    model = ConditionalGenerator(base, ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7)))
+    asked, wp = [], model.wp
+    model.wp = lambda z, c, *args: asked.append(c.clone()) or wp(z, c, *args)
+    rows = world[0][list(PROPERTY_NAMES)].to_numpy(np.float32)
+    result = evaluate(model, rows, num_z=2, levels=3, seed=0, progress=False, bounds=bounds)
+    assert result["sweep_bounds"]["hair_color"] == pytest.approx([0.22, 0.58])
+    requests = torch.cat(asked)  # the sweeps in order: 2 z x 3 levels per property
+    k = PROPERTY_NAMES.index("hair_color")
+    swept = requests[k * 6 : (k + 1) * 6, k]
+    assert swept.min().item() == pytest.approx(0.22) and swept.max().item() == pytest.approx(0.58)

@@ -164,3 +164,30 @@ def test_judged_control_correlates_requests_with_readings_and_keeps_persons_apar
     assert report["mouth"]["pearson_r"] is None  # mouth was never swept
     assert report["faces_found"] == pytest.approx(0.9)
     assert report["same_person_share"] == pytest.approx((4 / 4 + 1 / 4) / 2)
+
+
+def test_the_frechet_distance_is_the_closed_form_one_and_its_floor_matches_the_sample_size():
+    from vhuman.judging import frechet_distance, realism
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (20000, 4))
+    b = rng.normal(0, 1, (20000, 4)) * np.array([1, 2, 3, 1]) + np.array([0.5, 0, 0, 0])
+    # Diagonal covariances: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2 = 0.25 + 0 + 1 + 4 + 0
+    assert frechet_distance(a, b) == pytest.approx(5.25, rel=0.02)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    reference = rng.normal(0, 1, (600, 8))
+    same = realism(rng.normal(0, 1, (300, 8)), reference)
+    assert same["faces"] == 300 and same["frechet_distance"] == pytest.approx(same["split_half_floor"], rel=0.5)
+    shifted = realism(rng.normal(1, 1, (300, 8)), reference)
+    assert shifted["frechet_distance"] > 5 * shifted["split_half_floor"]  # 8 dimensions shifted by 1: about 8
+    missing = np.full((300, 8), np.nan)  # no face found anywhere: nothing to compare
+    assert realism(missing, reference)["frechet_distance"] is None
+
+
+def test_the_stand_in_s_female_rate_is_reported_on_the_faces_it_found():
+    from vhuman.judging import judged_control
+
+    verdicts = [judges.Verdict(True, 0.3, 0.1, 0.0, 0.5, np.zeros(128), p) for p in (0.9, 0.8, 0.2, float("nan"))]
+    requested = np.zeros((4, 7))
+    out = judged_control(verdicts, requested, np.zeros(4, int), np.zeros(4, int))
+    assert out["female_rate_stand_in"] == pytest.approx(2 / 3) and out["stand_in_faces_found"] == 0.75

@@ -128,6 +128,45 @@ def drawing_cost(controller) -> dict:
     return {"syntheses": 1 + steps, "critic_passes": steps, "parser_passes": parsed, "latent_model_steps": latent}
 
 
+def independent_judges(landmarks, descriptor, subset_path, images_dir, reference_faces: int):
+    """The evaluation's judges that are not the workflow's own: dlib's (vhuman.judges) and the stand-in gender
+    classifier (vhuman.hand_label_stand_in) on every drawn face. Returns ``judge(images) -> verdicts`` and the
+    dlib descriptors of up to ``reference_faces`` of the base generator's kept faces (``subset_path``), which the
+    drawn faces' Fréchet distance is measured against."""
+    import dataclasses
+
+    import pandas as pd
+
+    from vhuman.hand_label_stand_in import HandLabelStandIn
+    from vhuman.io import to_uint8
+    from vhuman.judges import FaceJudges
+    from vhuman.judging import reference_descriptors
+
+    judges, stand_in = FaceJudges(landmarks, descriptor), HandLabelStandIn()
+    kept = pd.read_parquet(subset_path)["image_id"].tolist()
+    reference = reference_descriptors(judges, images_dir, kept, reference_faces)
+
+    def judge(images):
+        pixels = to_uint8(images)
+        return [dataclasses.replace(judges.judge(im), p_female=stand_in.label(im)[2]) for im in pixels]
+
+    return judge, reference
+
+
+def sweep_bounds(table, percentiles: list[float] | None) -> dict[str, tuple[float, float]]:
+    """Where each property's sweep runs: its whole range (``percentiles`` None), or between two percentiles of its
+    valid values in ``table`` (the female subset's properties), so that a sweep asks only for what the data holds;
+    a property without valid values keeps its whole range."""
+    bounds = {}
+    for name in PROPERTY_NAMES:
+        values = table[name][table[f"{name}_valid"].fillna(False).astype(bool)].to_numpy(np.float64)
+        if percentiles is None or not len(values):
+            bounds[name] = tuple(float(v) for v in RANGES[name])
+        else:
+            bounds[name] = tuple(float(v) for v in np.percentile(values, percentiles))
+    return bounds
+
+
 def evaluate(
     controller,
     rows: np.ndarray,
@@ -140,15 +179,20 @@ def evaluate(
     batch: int = 64,
     progress: bool = True,
     judge_images=None,
+    bounds: dict[str, tuple[float, float]] | None = None,
+    reference_descriptors: np.ndarray | None = None,
 ) -> dict:
     """Sweep each property over ``levels`` values for ``num_z`` random z, the others drawn once per z from data.
-    ``judge_images`` (images -> one vhuman.judges.Verdict each) adds the independent judges' view."""
+    ``bounds`` (``sweep_bounds``) are where each sweep runs, each property's whole range by default;
+    ``judge_images`` (images -> one vhuman.judges.Verdict each) adds the independent judges' view, and with
+    ``reference_descriptors`` (the base generator's faces) their Fréchet distance in dlib's descriptor space."""
+    bounds = bounds or {name: RANGES[name] for name in PROPERTY_NAMES}
     rng = np.random.default_rng(seed)
     z_all = torch.randn(num_z, controller.z_dim, generator=torch.Generator().manual_seed(seed))
     base_c = rows[rng.integers(0, len(rows), num_z)]
     requested, z_index, swept = [], [], []
     for k, name in enumerate(PROPERTY_NAMES):
-        lo, hi = RANGES[name]
+        lo, hi = bounds[name]
         for zi in range(num_z):
             for level in np.linspace(lo, hi, levels):
                 c = base_c[zi].copy()
@@ -174,6 +218,7 @@ def evaluate(
         if judge_images is not None:
             verdicts += judge_images(images)
     result = {"num_z": num_z, "levels": levels, "images": len(requested), "cost_per_face": drawing_cost(controller)}
+    result["sweep_bounds"] = {name: list(bounds[name]) for name in PROPERTY_NAMES}
     if with_truth:
         params = np.concatenate(truth)
         result["truth"] = control_metrics(requested, params[:, PROPERTY_COLUMNS], swept, z_index)
@@ -188,5 +233,5 @@ def evaluate(
     if female:
         result["female_rate"] = float(np.mean(np.concatenate(female)))
     if judge_images is not None:
-        result["judges"] = judged_control(verdicts, requested, swept, z_index)
+        result["judges"] = judged_control(verdicts, requested, swept, z_index, reference_descriptors)
     return result

@@ -91,6 +91,7 @@ class Verdict:
     yaw: float
     background_luma: float
     descriptor: np.ndarray
+    p_female: float = float("nan")  # the stand-in gender classifier's, where the evaluation asks it too
 
 
 class FaceJudges:

@@ -35,9 +35,10 @@ def render(controller, seeds: list[int], c: torch.Tensor, psi: float = 1.0) -> t
     return controller(z, c.to(dev), psi).cpu()
 
 
-def sweep_grid(controller, name: str, seeds: list[int], rows: np.ndarray, levels: int = 7, seed: int = 0):
-    """Rows: seeds; columns: ``name`` swept over its range, every other property fixed per row."""
-    lo, hi = RANGES[name]
+def sweep_grid(controller, name: str, seeds: list[int], rows: np.ndarray, levels: int = 7, seed: int = 0, bounds=None):
+    """Rows: seeds; columns: ``name`` swept over its range (or ``bounds``: lo, hi), every other property fixed per
+    row."""
+    lo, hi = bounds or RANGES[name]
     base = draw_conditions({}, rows, len(seeds), seed)
     tiles = []
     for s, c0 in zip(seeds, base, strict=True):

@@ -22,6 +22,7 @@ rule controlled_pictures:
     params:
         precision=config["precision"],
         seeds=config["evaluation"]["picture_seeds"],
+        sweep_percentiles=config["evaluation"]["sweep_percentiles"],
     benchmark:
         "results/benchmarks/controlled_pictures.tsv"
     log:
@@ -36,6 +37,8 @@ rule evaluate_control:
         finetuned="results/finetuned.pth",
         directions="results/directions/directions.pth",
         properties="results/properties.parquet",
+        subset="results/subset/female.parquet",
+        images="results/generated/images",
         parser=config["segmentation"]["checkpoint"],
         gender_cnn="results/gender/cnn.pth",
     output:

@@ -1,10 +1,9 @@
 import pandas as pd
 import torch
 
-from vhuman.evaluation import controllers_to_compare, evaluate
+from vhuman.evaluation import controllers_to_compare, evaluate, independent_judges, sweep_bounds
 from vhuman.gender import load_ensemble, predict_images
 from vhuman.io import logging_to, to_uint8, write_json
-from vhuman.judges import FaceJudges
 from vhuman.properties import measure_properties, property_matrix
 from vhuman.runtime import pick_device, precision_scope
 from vhuman.segmentation import Parser
@@ -14,7 +13,8 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
     torch.set_num_threads(snakemake.threads)
     device = pick_device(snakemake.params.device)
     settings = snakemake.params.settings
-    rows = property_matrix(pd.read_parquet(snakemake.input.properties))
+    table = pd.read_parquet(snakemake.input.properties)
+    rows, bounds = property_matrix(table), sweep_bounds(table, settings["sweep_percentiles"])
     parser = Parser(snakemake.params.parser_kind, snakemake.input.parser, snakemake.params.mask_resolution, device)
     gender = load_ensemble(snakemake.input.gender_cnn)
 
@@ -26,12 +26,11 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
     def female(images):
         return predict_images(gender, images, snakemake.params.gender_input_size)[:, 0] >= 0.5
 
-    judge = None
-    if "judge_landmarks" in snakemake.input.keys():  # real faces: dlib's independent view of every drawn face
-        judges = FaceJudges(snakemake.input.judge_landmarks, snakemake.input.judge_descriptor)
-
-        def judge(images):
-            return judges.judge_all(to_uint8(images))
+    judge = reference = None
+    if "judge_landmarks" in snakemake.input.keys():  # real faces: judges that are not the workflow's own
+        faces = len(PROPERTY_NAMES) * settings["num_z"] * settings["levels"]  # drawn per variant
+        files = [snakemake.input[k] for k in ("judge_landmarks", "judge_descriptor", "subset", "images")]
+        judge, reference = independent_judges(*files, reference_faces=2 * faces)
 
     controllers = controllers_to_compare(
         snakemake.input.finetuned,
@@ -50,6 +49,8 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
             female_rate=female,
             with_truth=snakemake.params.with_truth,
             judge_images=judge,
+            bounds=bounds,
+            reference_descriptors=reference,
         )
         for name, controller in controllers.items()
     }

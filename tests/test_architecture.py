@@ -12,7 +12,7 @@ PACKAGE = REPO / "src" / "vhuman"
 LAYERS = [
     {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
-    # networks, renderer, report pictures, downloads, the IR reader, the independent judges, the results page
+    # networks, renderer, report pictures, downloads, the IR reader, the judges, the results page, sharded stages
     {
         "synthetic",
         "stylegan",
@@ -23,6 +23,7 @@ LAYERS = [
         "openvino_ir",
         "judges",
         "results_doc",
+        "shards",
     },
     {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
     {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files

@@ -129,3 +129,35 @@ def test_float16_training_scales_its_losses_and_skips_overflowing_steps():
             scaled_step(scaler, opt, loss)
             losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_shards_cover_every_image_once_and_join_into_the_stage_s_outputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vhuman.shards import gather_shards, shard_range
+
+    assert [list(shard_range(10, 3, s)) for s in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert sum(len(shard_range(7, 7, s)) for s in range(7)) == 7
+    with pytest.raises(ValueError, match="shard 3 is not one of 0..2"):
+        shard_range(10, 3, 3)
+    dirs, tables = [], []
+    for s, ids in enumerate([["000000", "000001"], ["000002"]]):
+        d = tmp_path / f"shard{s}" / "images"
+        d.mkdir(parents=True)
+        (d / ".snakemake_timestamp").write_text("")
+        for i in ids:
+            (d / f"{i}.png").write_bytes(i.encode())
+        table = pa.table({"image_id": ids}).replace_schema_metadata({"truncation_psi": "0.7"})
+        pq.write_table(table, tmp_path / f"shard{s}.parquet")
+        dirs.append([d])
+        tables.append(tmp_path / f"shard{s}.parquet")
+    out = tmp_path / "images"
+    gather_shards(dirs, [out], [(tables, tmp_path / "latents.parquet")])
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert (out / "000002.png").read_bytes() == b"000002"
+    joined = pq.read_table(tmp_path / "latents.parquet")
+    assert joined.column("image_id").to_pylist() == ["000000", "000001", "000002"]
+    assert joined.schema.metadata[b"truncation_psi"] == b"0.7"
+    gather_shards(dirs, [out], [(tables, tmp_path / "latents.parquet")])  # a rerun after a kill: the same result
+    assert len(list(out.iterdir())) == 3

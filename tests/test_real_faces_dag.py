@@ -34,7 +34,7 @@ def mobile_run(tmp_path_factory):
     for i in range(NUM_MANUAL):
         rows.append(f"{i:06d},{'female' if i % 3 else 'male'},good,2026-01-01T00:00:{i:02d}+00:00")
     labels.write_text("\n".join(rows) + "\n")
-    tiny = {**TINY_REAL, "generate": {"num_images": NUM_IMAGES, "batch_size": 4}}
+    tiny = {**TINY_REAL, "generate": {"num_images": NUM_IMAGES, "batch_size": 4, "shards": 2}}
     (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     args = ("--configfile", MOBILE, "tiny.yaml")
     snakemake(work, *args)

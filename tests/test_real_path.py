@@ -22,11 +22,11 @@ REAL = "config/stylegan_celeba_partial256.yaml"
 NUM_IMAGES, NUM_MANUAL = 24, 12
 # Every stage of the real config, shrunk; everything not named here is the real config's own value.
 TINY_REAL = {
-    "generate": {"num_images": NUM_IMAGES, "batch_size": 8},
+    "generate": {"num_images": NUM_IMAGES, "batch_size": 8, "shards": 2},
     "labels": {"num_manual": NUM_MANUAL},
     "gender_cnn": {"input_size": 64, "folds": 2, "max_epochs": 2, "patience": 2, "batch_size": 8, "width": 8},
     "subset": {"min_p_female": 0.0, "min_p_good_quality": 0.0},
-    "segmentation": {"batch_size": 4},
+    "segmentation": {"batch_size": 4, "shards": 2},
     "finetune": {
         "regressor": {"input_size": 64, "steps": 10, "batch_size": 8, "width": 8},
         # One loop step keeps the closed loop on the path while halving the syntheses per drawn face.

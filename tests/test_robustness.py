@@ -269,8 +269,9 @@ def test_a_failing_rule_leaves_its_traceback_in_its_log(tmp_path):
     checkpoint.write_bytes(b"this is not a checkpoint")  # a damaged file where the generator should be
     proc = run_snakemake(work, "results/generated/latents.parquet", "--configfile", "tiny.yaml")
     assert proc.returncode != 0
-    assert (work / "logs" / "generate.log").is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
-    log = (work / "logs" / "generate.log").read_text()
+    shard_logs = sorted((work / "logs" / "generate_shard").glob("*.log"))  # the shard job that drew, and failed
+    assert shard_logs, proc.stdout[-2000:] + proc.stderr[-3000:]
+    log = shard_logs[0].read_text()
     assert "Traceback" in log and "CheckpointError" in log and "synthetic_generator.pth: cannot read" in log
     assert not (work / "results" / "generated" / "latents.parquet").exists()
 

@@ -105,6 +105,9 @@ def test_tiny_dag_runs_on_slurm_through_the_profile(tmp_path):
     assert {rule: len(js) for rule, js in ran.items()} == expected
     assert all(job["state"] == "COMPLETED" for job in jobs), jobs
     assert "finetune" in ran and "evaluate_control" in ran
+    # The sharded stages ran one SLURM job per shard, each its own GPU job.
+    assert len(ran["generate_shard"]) == TINY["generate"]["shards"] == 2
+    assert len(ran["segment_shard"]) == TINY["segmentation"]["shards"] == 2
 
     # GPU rules asked SLURM for a GPU and the profile's CPUs and memory; the others did not ask for a GPU.
     for rule, rule_jobs in ran.items():

@@ -30,7 +30,7 @@ VARIANTS = {
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # Every stage, shrunk so the whole DAG runs in a few minutes on 2 cores.
 TINY = {
-    "generate": {"num_images": 72, "batch_size": 24, "seed": 0},
+    "generate": {"num_images": 72, "batch_size": 24, "seed": 0, "shards": 2},
     "labels": {
         "manual_csv": "results/labels/manual_labels.csv",
         "num_manual": 48,
@@ -44,6 +44,7 @@ TINY = {
         "checkpoint": "results/models/world_parser.pth",
         "mask_resolution": 128,
         "batch_size": 16,
+        "shards": 2,
         "world_parser": {
             "image_resolution": 64,
             "train_mask_resolution": 64,

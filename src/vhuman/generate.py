@@ -20,6 +20,21 @@ def image_id(index: int) -> str:
     return f"{index:06d}"
 
 
+def latents_table(ids, seeds, z: np.ndarray, w: np.ndarray, truncation_psi, truncation_layers) -> pa.Table:
+    """The stage's record of every image: id, seed, z and w, with the truncation that drew it as metadata."""
+    table = pa.table(
+        {
+            "image_id": pa.array(ids),
+            "seed": pa.array(seeds, pa.int64()),
+            "z": vectors_column(z),
+            "w": vectors_column(w),
+        }
+    )
+    return table.replace_schema_metadata(
+        {"truncation_psi": str(truncation_psi), "truncation_layers": str(truncation_layers)}
+    )
+
+
 def generate_images(
     generator: torch.nn.Module,
     num_images: int,
@@ -34,8 +49,10 @@ def generate_images(
     truth_masks_dir: str | Path | None = None,
     mask_resolution: int | None = None,
     progress: bool = True,
+    indices: range | None = None,
 ) -> None:
-    """Write ``images_dir/{image_id}.png`` and ``latents_path`` (image_id, seed, z, w) for images 0..N-1.
+    """Write ``images_dir/{image_id}.png`` and ``latents_path`` (image_id, seed, z, w) for images 0..N-1, or for
+    ``indices`` only (one shard: ``vhuman.shards.shard_range``).
 
     Image i uses seed ``base_seed + i``. With a synthetic generator and ``truth_path`` the exact truth of every
     image (properties, gender, quality) and its label map (``truth_masks_dir``, at ``mask_resolution``) are
@@ -51,9 +68,10 @@ def generate_images(
     if truth_masks_dir is not None:
         Path(truth_masks_dir).mkdir(parents=True, exist_ok=True)
     ids, seeds, zs, ws, truth_rows = [], [], [], [], {name: [] for name in synthetic.TRUTH_NAMES}
+    indices = range(num_images) if indices is None else indices
     with torch.inference_mode():
-        for start in tqdm(range(0, num_images, batch_size), desc="generate", unit="batch", disable=not progress):
-            idx = range(start, min(start + batch_size, num_images))
+        for start in tqdm(range(0, len(indices), batch_size), desc="generate", unit="batch", disable=not progress):
+            idx = indices[start : start + batch_size]
             batch_seeds = [base_seed + i for i in idx]
             z = torch.stack([latent_for_seed(s, generator.z_dim) for s in batch_seeds]).to(dev)
             w = generator.mapping(z)
@@ -77,17 +95,7 @@ def generate_images(
             seeds.extend(batch_seeds)
             zs.append(z.cpu().numpy())
             ws.append(w.float().cpu().numpy())
-    table = pa.table(
-        {
-            "image_id": pa.array(ids),
-            "seed": pa.array(seeds, pa.int64()),
-            "z": vectors_column(np.concatenate(zs)),
-            "w": vectors_column(np.concatenate(ws)),
-        }
-    )
-    table = table.replace_schema_metadata(
-        {"truncation_psi": str(truncation_psi), "truncation_layers": str(truncation_layers)}
-    )
+    table = latents_table(ids, seeds, np.concatenate(zs), np.concatenate(ws), truncation_psi, truncation_layers)
     if want_truth:
         truth = pa.table(
             {

@@ -226,6 +226,21 @@ def run_origin(workflow_dir: str | Path, configfiles: list[str]) -> dict:
     }
 
 
+def joined_shards(rows: list[dict]) -> list[dict]:
+    """One row per sharded rule (``rule/shard`` rows): seconds summed, the largest peak memory, the number of jobs."""
+    out, sharded = [], {}
+    for row in rows:
+        name, _, shard = row["rule"].partition("/")
+        if not shard:
+            out.append(row)
+            continue
+        joined = sharded.setdefault(name, {"rule": name, "seconds": 0.0, "max_rss_mb": None, "jobs": 0})
+        joined["seconds"] = round(joined["seconds"] + (row["seconds"] or 0), 2)
+        joined["max_rss_mb"] = max(joined["max_rss_mb"] or 0, row["max_rss_mb"] or 0) or None
+        joined["jobs"] += 1
+    return out + list(sharded.values())
+
+
 def stage_times(
     benchmark_files: dict[str, str | Path], precision: str | None = None, origin: dict | None = None
 ) -> dict:
@@ -245,6 +260,7 @@ def stage_times(
                 return None  # Snakemake writes NA where it could not measure
 
         rows.append({"rule": rule, "seconds": number("s"), "max_rss_mb": number("max_rss")})
+    rows = joined_shards(rows)
     rows.sort(key=lambda r: -(r["seconds"] or 0))
     total = sum(r["seconds"] or 0 for r in rows)
     machine = {**machine_description(), **({"precision": precision} if precision else {})}

@@ -24,6 +24,12 @@ def check_whole_numbers(values, schema, path="config"):
 
 check_whole_numbers(config, yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()))
 
+if config["generate"]["shards"] > config["generate"]["num_images"]:
+    raise WorkflowError(
+        f"config.generate.shards ({config['generate']['shards']}) is more than generate.num_images "
+        f"({config['generate']['num_images']}): a shard would draw no image; lower generate.shards"
+    )
+
 SYNTHETIC = config["generator"]["kind"] == "synthetic"
 
 

@@ -1,19 +1,27 @@
 # Stage 1: N images from the original generator, with every image's seed, z and w.
 
 
-rule generate:
+GENERATE_SHARDS = list(range(config["generate"]["shards"]))
+
+
+# One shard of the images: a stopped run loses at most the shard in progress, and a cluster draws shards side by
+# side. The shards are temporary: `generate` joins them into the stage's outputs.
+rule generate_shard:
     input:
         checkpoint=generator_checkpoint(),
     output:
-        images=directory("results/generated/images"),
-        latents="results/generated/latents.parquet",
-        truth=(["results/generated/truth.parquet"] if SYNTHETIC else []),
-        truth_masks=([directory("results/generated/truth_masks")] if SYNTHETIC else []),
+        images=temp(directory("results/generated/shards/{shard}/images")),
+        latents=temp("results/generated/shards/{shard}/latents.parquet"),
+        truth=(temp(["results/generated/shards/{shard}/truth.parquet"]) if SYNTHETIC else []),
+        truth_masks=([temp(directory("results/generated/shards/{shard}/truth_masks"))] if SYNTHETIC else []),
+    wildcard_constraints:
+        shard=r"\d+",
     params:
         kind=config["generator"]["kind"],
         resolution=config["generator"]["resolution"],
         sha256=config["generator"].get("sha256", ""),
         num_images=config["generate"]["num_images"],
+        shards=config["generate"]["shards"],
         seed=config["generate"]["seed"],
         batch_size=config["generate"]["batch_size"],
         truncation_psi=config["generator"]["truncation_psi"],
@@ -24,11 +32,32 @@ rule generate:
     resources:
         gpu=1,
     benchmark:
+        "results/benchmarks/generate_shard/{shard}.tsv"
+    log:
+        "logs/generate_shard/{shard}.log",
+    script:
+        "../scripts/generate.py"
+
+
+rule generate:
+    input:
+        images=expand("results/generated/shards/{shard}/images", shard=GENERATE_SHARDS),
+        latents=expand("results/generated/shards/{shard}/latents.parquet", shard=GENERATE_SHARDS),
+        truth=expand("results/generated/shards/{shard}/truth.parquet", shard=GENERATE_SHARDS) if SYNTHETIC else [],
+        truth_masks=(
+            expand("results/generated/shards/{shard}/truth_masks", shard=GENERATE_SHARDS) if SYNTHETIC else []
+        ),
+    output:
+        images=directory("results/generated/images"),
+        latents="results/generated/latents.parquet",
+        truth=(["results/generated/truth.parquet"] if SYNTHETIC else []),
+        truth_masks=([directory("results/generated/truth_masks")] if SYNTHETIC else []),
+    benchmark:
         "results/benchmarks/generate.tsv"
     log:
         "logs/generate.log",
     script:
-        "../scripts/generate.py"
+        "../scripts/gather_shards.py"
 
 
 rule generated_grid:

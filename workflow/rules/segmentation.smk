@@ -39,29 +39,49 @@ else:
             "../scripts/download.py"
 
 
-rule segment:
+SEGMENT_SHARDS = list(range(config["segmentation"]["shards"]))
+
+
+# One shard of the kept images (consecutive rows of the subset); `segment` joins the shards' masks.
+rule segment_shard:
     input:
         subset="results/subset/female.parquet",
         images="results/generated/images",
         parser=config["segmentation"]["checkpoint"],
     output:
-        masks=directory("results/segmentation/masks"),
+        masks=temp(directory("results/segmentation/shards/{shard}/masks")),
+    wildcard_constraints:
+        shard=r"\d+",
     params:
         precision=config["precision"],
         kind="world" if SYNTHETIC else "bisenet",
         sha256=config["segmentation"].get("sha256", ""),
         mask_resolution=config["segmentation"]["mask_resolution"],
         batch_size=config["segmentation"]["batch_size"],
+        shards=config["segmentation"]["shards"],
         device=config["device"],
     threads: 2
     resources:
         gpu=1,
     benchmark:
+        "results/benchmarks/segment_shard/{shard}.tsv"
+    log:
+        "logs/segment_shard/{shard}.log",
+    script:
+        "../scripts/segment.py"
+
+
+rule segment:
+    input:
+        masks=expand("results/segmentation/shards/{shard}/masks", shard=SEGMENT_SHARDS),
+    output:
+        masks=directory("results/segmentation/masks"),
+    benchmark:
         "results/benchmarks/segment.tsv"
     log:
         "logs/segment.log",
     script:
-        "../scripts/segment.py"
+        "../scripts/gather_shards.py"
 
 
 rule mask_examples:

@@ -3,6 +3,7 @@ import torch
 from vhuman.generate import generate_images
 from vhuman.generators import load_generator
 from vhuman.io import logging_to, verify_sha256
+from vhuman.shards import shard_range
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -22,4 +23,5 @@ with logging_to(snakemake.log[0]):
         truth_path=snakemake.output.truth[0] if synthetic else None,
         truth_masks_dir=snakemake.output.truth_masks[0] if synthetic else None,
         mask_resolution=snakemake.params.mask_resolution,
+        indices=shard_range(snakemake.params.num_images, snakemake.params.shards, int(snakemake.wildcards.shard)),
     )

@@ -58,3 +58,27 @@ def test_stylegan_base_takes_per_layer_edits_and_the_closed_loop():
     found, effect = directions_layer_mask(gen, critic, weights, gen.mapping(z).detach())
     assert found.shape == effect.shape == (8, layers) and torch.all(found.sum(1) >= 1)
     assert torch.all(found[7] == 1)  # the female row keeps every layer
+
+
+def test_edits_stay_within_the_reach_of_the_generator_s_own_codes(base, directions):
+    """A request past what the data reads (or a latent model that pushes further) stops at the reach box's edge,
+    moved along the directions only; a request inside it is untouched."""
+    from vhuman.directions import linear_reading
+
+    assert {"reach_low", "reach_high"} <= set(directions)
+    assert torch.all(directions["reach_low"] < directions["reach_high"])
+    mapping = ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7), directions)
+    with torch.no_grad():
+        mapping.direction_gate.fill_(1.0)  # the full linear edit: the mapping reads exactly the request
+        z = torch.randn(6, 512, generator=torch.Generator().manual_seed(0))
+        c = torch.full((6, 7), 0.5)
+        far = c.clone()
+        far[:, 0] = 40.0  # eyes far past anything the data reads
+        weights, bias, mask = mapping.direction_weights, mapping.direction_bias, mapping.direction_layer_mask
+        inside = linear_reading(mapping(z, c), weights, bias, mask)
+        outside = linear_reading(mapping(z, far), weights, bias, mask)
+    high = mapping.reach_high
+    origin = base.mapping(z) @ mapping.direction_weights.t() + mapping.direction_bias  # the unedited reading
+    ceiling = torch.maximum(high[0], origin[:, 0])  # a face the base draws past the edge stays where it was
+    assert torch.allclose(outside[:, 0], ceiling, atol=1e-3) and (origin[:, 0] < high[0]).sum() >= 4
+    assert torch.allclose(inside[:, :7], c, atol=1e-3)  # inside the box: the edit as it was

@@ -18,6 +18,7 @@ from vhuman.segmentation import ParserSettings
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 REAL = yaml.safe_load((REPO / "config" / "stylegan_celeba_partial256.yaml").read_text())
 MOBILE = yaml.safe_load((REPO / "config" / "mobilestylegan_ffhq.yaml").read_text())
+MOBILE_2CORES = yaml.safe_load((REPO / "config" / "mobilestylegan_ffhq_2cores.yaml").read_text())
 # Real configurations only: where real weights come from (required there by the schema's if/then), the independent
 # judges and the unattended hand-label stand-in.
 REAL_ONLY = {
@@ -83,13 +84,16 @@ def test_the_default_config_has_exactly_the_schema_keys():
         assert set(values) == set(obj["properties"]) - real_only_children(path, obj), path
 
 
-@pytest.mark.parametrize("name", ["default", "real", "mobile"])
+@pytest.mark.parametrize("name", ["default", "real", "mobile", "mobile_2cores"])
 def test_every_config_validates(name):
-    config = {"default": default_config, "real": lambda: merged(default_config(), REAL)}.get(
-        name, lambda: merged(default_config(), MOBILE)
-    )()
+    config = {
+        "default": default_config,
+        "real": lambda: merged(default_config(), REAL),
+        "mobile": lambda: merged(default_config(), MOBILE),
+        "mobile_2cores": lambda: merged(merged(default_config(), MOBILE), MOBILE_2CORES),
+    }[name]()
     jsonschema.validate(config, SCHEMA)
-    kind = {"default": "synthetic", "real": "genforce", "mobile": "mobilestylegan"}[name]
+    kind = {"default": "synthetic", "real": "genforce"}.get(name, "mobilestylegan")
     assert config["generator"]["kind"] == kind
     if name != "default":
         assert config["generator"]["resolution"] == 256

@@ -143,7 +143,8 @@ def test_direction_layers_find_the_layer_each_property_lives_on(base, directions
     def read_truth(wp):  # the exact properties and p(female) of the drawn faces
         return base.render_params(truncate(wp, base.w_avg, base.num_layers))[:, columns]
 
-    mask, effect = direction_layers(read_truth, base.mapping(torch.randn(32, 512)), weights, base.num_layers)
+    codes = base.mapping(torch.randn(32, 512, generator=torch.Generator().manual_seed(0)))  # not the test order's
+    mask, effect = direction_layers(read_truth, codes, weights, base.num_layers)
     home = {name: layer for layer, names in SYNTHETIC_LAYER_OF.items() for name in names}
     expected = torch.zeros(8, 6)
     for row, name in enumerate((*PROPERTY_NAMES, "gender")):
@@ -180,3 +181,19 @@ def test_a_direction_the_data_could_not_fit_stays_still_and_the_others_still_lan
     others = [k for k in range(7) if k != mouth]
     assert torch.allclose(linear[:, others], c[:, others], atol=1e-3)
     assert torch.all(torch.isfinite(w2))
+
+
+def test_a_probe_by_groups_gives_each_layer_its_group_s_effect_and_skips_unprobed_rows():
+    from vhuman.directions import direction_layers
+
+    weights = torch.eye(3, 4)  # three rows, each reading one coordinate of w
+
+    def read(wp):  # row 0 is seen through layers 2 and 3 only; rows 1 and 2 through layer 0
+        return torch.stack([wp[:, 2:, 0].sum(1), wp[:, 0, 1], wp[:, 0, 2]], 1)
+
+    w = torch.zeros(5, 4)
+    mask, effect = direction_layers(read, w, weights, 4, groups=[[0, 1], [2, 3]], probed_rows=2)
+    assert effect[0].tolist() == pytest.approx([0, 0, 2, 2])  # a move on both layers of group [2, 3]
+    assert effect[1].tolist() == pytest.approx([1, 1, 0, 0])
+    assert effect[2].abs().sum() == 0 and mask[2].tolist() == [1, 1, 1, 1]  # not probed: every layer
+    assert mask[0].tolist() == [0, 0, 1, 1]

@@ -285,3 +285,11 @@ def test_the_studio_and_vhuman_generate_draw_from_a_file_made_from_it(generator,
     )
     drawn = sorted(out.glob("*.png"))
     assert len(drawn) == 2 and Image.open(drawn[0]).size == (64, 64)
+
+
+def test_the_codes_are_probed_in_their_scale_groups():
+    from vhuman.mobilestylegan import MobileStyleGANGenerator
+
+    groups = MobileStyleGANGenerator(256).layer_groups
+    assert groups[0] == [0] and groups[1] == [1, 2, 3] and groups[-2] == [19, 20, 21] and groups[-1] == [22]
+    assert sorted(layer for g in groups for layer in g) == list(range(23))

@@ -21,6 +21,7 @@ from vhuman.directions import (
     Controller,
     layer_mask_or_ones,
     layer_step,
+    linear_reading,
     masked_gram_inv,
     move_to_linear_target,
 )
@@ -88,6 +89,9 @@ class ConditionalMapping(nn.Module):
             mask = layer_mask_or_ones(directions.get("layer_mask"), len(weights), base.num_layers)
             self.register_buffer("direction_layer_mask", mask)
             self.register_buffer("direction_gram_inv", masked_gram_inv(weights, mask))
+            inf = torch.full((len(weights),), float("inf"))
+            self.register_buffer("reach_low", directions.get("reach_low", -inf).float().clone())
+            self.register_buffer("reach_high", directions.get("reach_high", inf).float().clone())
             self.direction_gate = nn.Parameter(torch.zeros(len(weights)))
         else:
             self.direction_gate = None
@@ -114,7 +118,17 @@ class ConditionalMapping(nn.Module):
         wp = move_to_linear_target(
             x, self.direction_weights, self.direction_bias, self.direction_gram_inv, target, self.direction_layer_mask
         )
-        return self.latent_refine(wp, wanted)
+        origin = x @ self.direction_weights.t() + self.direction_bias
+        return self.within_reach(self.latent_refine(wp, wanted, origin), origin)
+
+    def within_reach(self, wp: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """Codes moved back, along the directions, into the box of linear readings the generator's own codes fill
+        (``reach_low``..``reach_high``, widened to each face's unedited reading ``origin``): an edit may take a
+        face to the data's edge, not past it into codes that draw no face. Codes inside are left as they are."""
+        reading = linear_reading(wp, self.direction_weights, self.direction_bias, self.direction_layer_mask)
+        low, high = torch.minimum(self.reach_low, origin), torch.maximum(self.reach_high, origin)
+        gap = torch.maximum(torch.minimum(reading, high), low) - reading
+        return self.step(wp, gap) if bool((gap != 0).any()) else wp
 
     def wanted(self, c: torch.Tensor) -> torch.Tensor:
         """The directions' targets for requests ``c``: the properties, then the fixed rows (female)."""
@@ -124,10 +138,11 @@ class ConditionalMapping(nn.Module):
         """Codes moved along the directions, each on its layers, so that the readings change by ``gap``."""
         return wp + layer_step(gap @ self.direction_gram_inv, self.direction_weights, self.direction_layer_mask)
 
-    def latent_refine(self, wp: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        """The closed loop's correction with the latent property model as reader: no picture, no critic."""
+    def latent_refine(self, wp: torch.Tensor, wanted: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """The closed loop's correction with the latent property model as reader: no picture, no critic; each step
+        kept within reach of ``origin`` (``within_reach``)."""
         for _ in range(int(self.latent_steps) if self.latent_model is not None else 0):
-            wp = self.step(wp, wanted - self.latent_model(wp))
+            wp = self.within_reach(self.step(wp, wanted - self.latent_model(wp)), origin)
         return wp
 
 
@@ -241,6 +256,8 @@ def _conditional_generator(ckpt: dict, path: str | Path, closed_loop_steps: int 
         }
         # Files from before per-layer edits moved every layer alike.
         state.setdefault("direction_layer_mask", torch.ones(k, base.num_layers))
+        state.setdefault("reach_low", torch.full((k,), float("-inf")))  # files from before the reach box: none
+        state.setdefault("reach_high", torch.full((k,), float("inf")))
     state.setdefault("latent_steps", torch.tensor(0))  # files from before the amortised loop
     mapping = ConditionalMapping(base, n, torch.zeros(n), torch.ones(n), directions)
     if "latent_model.low" in state:
@@ -266,4 +283,5 @@ def closed_loop_from(ckpt: dict, mapping: ConditionalMapping, steps: int | None 
         mapping.direction_fixed_targets,
         info["steps"] if steps is None else steps,
         mapping.direction_layer_mask,
+        reach=(mapping.direction_bias, mapping.reach_low, mapping.reach_high),
     )

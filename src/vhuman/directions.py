@@ -38,6 +38,16 @@ def move_to_linear_target(
     return w.unsqueeze(1) + layer_step(gap @ gram_inv, weights, layer_mask)
 
 
+def linear_reading(
+    wp: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, layer_mask: torch.Tensor
+) -> torch.Tensor:
+    """The linear property model's reading of per-layer codes [N, L, w_dim]: each row's mean over its own layers
+    (what ``move_to_linear_target`` and ``layer_step`` set). [N, R]."""
+    per_layer = torch.einsum("nlw,rw->nrl", wp, weights)
+    mask = layer_mask.to(per_layer.dtype)
+    return (per_layer * mask).sum(-1) / mask.sum(-1).clamp_min(1) + bias
+
+
 def layer_step(coef: torch.Tensor, weights: torch.Tensor, layer_mask: torch.Tensor) -> torch.Tensor:
     """The per-layer move [N, L, w_dim]: row r of ``weights`` scaled by ``coef[:, r]`` on the layers where
     ``layer_mask[r]`` is 1. With a mask of ones it is the same move of w on every layer."""
@@ -106,6 +116,7 @@ class ClosedLoop(nn.Module):
         layer_mask: torch.Tensor | None = None,
         num_layers: int | None = None,
         measure=None,
+        reach: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         if len(weights) != len(PROPERTY_NAMES) + len(fixed_targets) or len(fixed_targets) > 1:
@@ -120,11 +131,23 @@ class ClosedLoop(nn.Module):
         self.register_buffer("gram_inv", masked_gram_inv(self.weights, self.layer_mask))
         self.steps = int(steps)
         self.measure = measure  # not saved: the parser has its own file
+        # The directions' bias and the reach box of their readings (ConditionalMapping.within_reach), if bounded.
+        self.reach = None if reach is None else tuple(r.float().clone() for r in reach)
 
     def copy_with(self, steps: int, measure=None) -> ClosedLoop:
         """This loop's critic and directions with another number of steps and reader (``measure``; None: the
         critic)."""
-        return ClosedLoop(self.critic, self.weights, self.fixed_targets, steps, self.layer_mask, measure=measure)
+        return ClosedLoop(
+            self.critic, self.weights, self.fixed_targets, steps, self.layer_mask, measure=measure, reach=self.reach
+        )
+
+    def within_reach(self, wp: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """``wp`` moved back along the directions into the reach box, widened to the unedited reading ``origin``."""
+        bias, low, high = (r.to(wp.device) for r in self.reach)
+        reading = linear_reading(wp, self.weights, bias, self.layer_mask)
+        low, high = torch.minimum(low, origin), torch.maximum(high, origin)
+        gap = torch.maximum(torch.minimum(reading, high), low) - reading
+        return wp + layer_step(gap @ self.gram_inv, self.weights, self.layer_mask)
 
     def read(self, images: torch.Tensor) -> torch.Tensor:
         read = critic_reading(self.critic, images, len(self.weights)).float()
@@ -137,9 +160,12 @@ class ClosedLoop(nn.Module):
     def forward(self, wp: torch.Tensor, c: torch.Tensor, draw) -> torch.Tensor:
         """``draw(wp)`` renders wp [N, L, w_dim]; returns wp after ``steps`` corrections."""
         wanted = torch.cat([c, self.fixed_targets.expand(len(c), -1)], dim=1)
+        origin = None if self.reach is None else linear_reading(wp, self.weights, self.reach[0], self.layer_mask)
         for _ in range(self.steps):
             gap = wanted - self.read(draw(wp))
             wp = wp + layer_step(gap @ self.gram_inv, self.weights, self.layer_mask)
+            if origin is not None:  # a critic that misreads a face must not walk its codes out of W
+                wp = self.within_reach(wp, origin)
         return wp
 
     def record(self) -> dict:
@@ -227,12 +253,18 @@ def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray,
     return coef, float(y_mean - coef @ w_mean)
 
 
+# The reach box: the 0.5th to 99.5th percentile of the data's linear readings, widened by half its width each
+# way (ridge readings spread less than the values they fit, so the data's own extremes read nearer the middle).
+REACH_MARGIN = 0.5
+
+
 def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | None = None, ridge: float = 1e-2) -> dict:
     """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid;
     with ``labels`` (p_female of every generated image) also a gender row, whose target is 1 (female).
 
     Returns ``weights`` [P (+1), w_dim], ``bias`` and ``fixed_targets`` (the targets of the rows after the
-    properties), as tensors, and ``rows`` (their names).
+    properties), as tensors, ``rows`` (their names), and ``reach_low`` / ``reach_high``: the box of linear readings
+    the generated images' own codes fill.
     """
     ids = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()}).reset_index()
     w_all = column_vectors(latents, "w").astype(np.float64)
@@ -260,11 +292,18 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
         bias.append(b)
         rows.append("female")
         fixed.append(1.0)
+    readings = w_all @ np.stack(weights).T + np.array(bias)  # every generated image's linear reading
+    low, high = np.percentile(readings, [0.5, 99.5], axis=0)
+    margin = REACH_MARGIN * (high - low)
+    low[len(PROPERTY_NAMES) :], high[len(PROPERTY_NAMES) :] = -np.inf, np.inf  # the female row has its own target
     return {
         "weights": torch.tensor(np.stack(weights)),
         "bias": torch.tensor(np.array(bias)),
         "fixed_targets": torch.tensor(fixed, dtype=torch.float64),
         "rows": rows,
+        # Where the generator's own codes read: edits that leave this box leave W (see ConditionalMapping).
+        "reach_low": torch.tensor(low - margin),
+        "reach_high": torch.tensor(high + margin),
     }
 
 
@@ -275,6 +314,8 @@ def direction_layers(
     num_layers: int,
     size: float = 0.25,
     keep: float = 0.15,
+    groups: list[list[int]] | None = None,
+    probed_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which layers each direction acts through: a mask [R, L] and the measured effects [R, L].
 
@@ -282,22 +323,25 @@ def direction_layers(
     is applied at that layer alone to the codes ``w`` [N, w_dim], and ``read(wp)`` [N, R] reads the result; the
     effect is how far row r's reading moves per unit of the edit. A layer is kept for a row when its effect is at
     least ``keep`` of that row's largest; an edit elsewhere would only move what the row does not measure (in
-    StyleGAN, colour lives in the fine layers and pose in the coarse ones).
+    StyleGAN, colour lives in the fine layers and pose in the coarse ones). With ``groups`` (lists of layers)
+    the edit moves one group at a time and each layer of a group gets the group's effect; rows from
+    ``probed_rows`` on are not probed (effect 0: they keep every layer).
     """
     rows = len(weights)
+    groups = groups or [[layer] for layer in range(num_layers)]
     effect = torch.zeros(rows, num_layers)
-    for r in range(rows):
+    for r in range(rows if probed_rows is None else probed_rows):
         if not weights[r].abs().sum() > 0:
             continue  # a direction that could not be fitted moves nothing
         coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
         coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
-        for layer in range(num_layers):
+        for group in groups:
             only = torch.zeros(rows, num_layers, device=w.device)
-            only[r, layer] = 1
+            only[r, group] = 1
             step = layer_step(coef, weights, only)
             with torch.inference_mode():
                 gain = read(w.unsqueeze(1) + step)[:, r] - read(w.unsqueeze(1) - step)[:, r]
-            effect[r, layer] = (gain.mean() / (2 * size)).abs().cpu()
+            effect[r, group] = (gain.mean() / (2 * size)).abs().float().cpu()
     mask = (effect >= keep * effect.amax(dim=1, keepdim=True)) & (effect > 0)
     mask[~mask.any(dim=1)] = True  # a row the reader cannot see at all keeps every layer
     return mask.float(), effect
@@ -313,7 +357,10 @@ def directions_layer_mask(
     def read(wp):
         return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), len(weights))
 
-    mask, effect = direction_layers(read, probe_w, weights, base.num_layers)
+    groups = getattr(base, "layer_groups", None)  # a generator whose codes work in groups is probed by group
+    mask, effect = direction_layers(
+        read, probe_w, weights, base.num_layers, groups=groups, probed_rows=len(PROPERTY_NAMES)
+    )
     mask[len(PROPERTY_NAMES) :] = 1
     return mask, effect
 

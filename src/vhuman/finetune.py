@@ -328,6 +328,7 @@ class Finetune:
                 self.ema.direction_fixed_targets.cpu(),
                 self.settings.closed_loop_steps,
                 self.ema.direction_layer_mask.cpu(),
+                reach=(self.ema.direction_bias.cpu(), self.ema.reach_low.cpu(), self.ema.reach_high.cpu()),
             )
         return save_conditional_generator(
             out_path, self.base, self.ema, self.disc, closed_loop, asdict(self.settings), record

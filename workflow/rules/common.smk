@@ -128,3 +128,20 @@ def report_table_outputs():
         name: report(f"results/report/{name}.html", caption=f"../report/{caption}", category=category)
         for name, (_, caption, category) in REPORT_TABLES.items()
     }
+
+
+def benchmark_files():
+    """Every rule's benchmark file by rule, a sharded rule's one per shard (`rule/shard`, summed in the table)."""
+    shards = {
+        "generate_shard": range(config["generate"]["shards"]),
+        "segment_shard": range(config["segmentation"]["shards"]),
+    }
+    files = {}
+    for r in workflow.rules:
+        if not r.benchmark or r.name == "stage_times":
+            continue
+        if r.name in shards:
+            files |= {f"{r.name}/{s}": f"results/benchmarks/{r.name}/{s}.tsv" for s in shards[r.name]}
+        else:
+            files[r.name] = r.benchmark
+    return files

@@ -22,20 +22,6 @@ localrules:
     stage_times,
 
 
-def benchmark_files():
-    """Every rule's benchmark file by rule, a sharded rule's one per shard (`rule/shard`, summed in the table)."""
-    shards = {"generate_shard": GENERATE_SHARDS, "segment_shard": SEGMENT_SHARDS}
-    files = {}
-    for r in workflow.rules:
-        if not r.benchmark or r.name == "stage_times":
-            continue
-        if r.name in shards:
-            files |= {f"{r.name}/{s}": f"results/benchmarks/{r.name}/{s}.tsv" for s in shards[r.name]}
-        else:
-            files[r.name] = r.benchmark
-    return files
-
-
 # Every rule's benchmark file (Snakemake's own: seconds and memory), by rule. Downloads have none: their output may
 # be a file the user put there, and a missing benchmark file would make Snakemake fetch it again.
 rule stage_times:

@@ -160,7 +160,7 @@ def test_mobilestylegan_config_fetches_the_generator_and_draws_its_faces(tmp_pat
     reference = torch.load(REPO / "tests" / "fixtures" / "mobilestylegan_reference.pt", weights_only=True)
     small = {
         "generator": {"truncation_psi": reference["psi"]},
-        "generate": {"num_images": 4, "batch_size": 2, "seed": 0},
+        "generate": {"num_images": 4, "batch_size": 2, "seed": 0, "shards": 1},
         "report": {"grid_rows": 1, "grid_cols": 4},
     }
     (work / "small.yaml").write_text(yaml.safe_dump(small))

@@ -82,3 +82,29 @@ def test_edits_stay_within_the_reach_of_the_generator_s_own_codes(base, directio
     ceiling = torch.maximum(high[0], origin[:, 0])  # a face the base draws past the edge stays where it was
     assert torch.allclose(outside[:, 0], ceiling, atol=1e-3) and (origin[:, 0] < high[0]).sum() >= 4
     assert torch.allclose(inside[:, :7], c, atol=1e-3)  # inside the box: the edit as it was
+
+
+def test_a_fine_tune_step_moves_mobilestylegans_folded_mapping_as_far_as_stylegan2s_training_did():
+    """The export folds StyleGAN2's learning-rate multiplier (0.01) and equalisation into the mapping's weights;
+    the optimiser groups undo it, so one Adam step of lr moves a weight by lr * 0.01 / sqrt(fan-in), a bias by
+    lr * 0.01, and the property input and the gates at their own rates."""
+    from types import SimpleNamespace
+
+    from vhuman.mobilestylegan import MobileMapping
+
+    torch.manual_seed(0)
+    base = SimpleNamespace(mapping=MobileMapping(z_dim=64, w_dim=64, num_layers=2), num_layers=3, z_dim=64)
+    directions = {"weights": torch.randn(8, 64) * 0.1, "bias": torch.zeros(8), "fixed_targets": torch.ones(1)}
+    mapping = ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7), directions)
+    lr = 1e-3
+    opt = torch.optim.Adam(mapping.parameter_groups(lr, 0.02), betas=(0.0, 0.99))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(mapping.parameters()))
+    before = {n: p.detach().clone() for n, p in mapping.named_parameters()}
+    mapping(torch.randn(16, 64), torch.rand(16, 7)).pow(2).sum().backward()
+    opt.step()
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in mapping.named_parameters()}
+    for name in ("layers.dense.0.weight", "layers.dense.1.weight"):
+        assert moved[name] == pytest.approx(lr * 0.01 / 8, rel=0.02)  # fan-in 64; Adam's first step is lr
+    assert moved["layers.dense.1.bias"] == pytest.approx(lr * 0.01, rel=0.02)
+    assert moved["condition_weight"] == pytest.approx(lr, rel=1e-3)
+    assert moved["direction_gate"] == pytest.approx(0.02, rel=1e-3)

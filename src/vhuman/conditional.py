@@ -99,6 +99,19 @@ class ConditionalMapping(nn.Module):
         self.latent_model: LatentPropertyModel | None = None
         self.register_buffer("latent_steps", torch.tensor(0))
 
+    def parameter_groups(self, lr: float, lr_direction_gate: float) -> list[dict]:
+        """Optimiser groups: the copied base layers at ``lr`` times the base's own scales (see
+        ``Generator.mapping``), the property input at ``lr``, the direction gates at ``lr_direction_gate``."""
+        scales = getattr(self.layers, "learning_rate_scales", dict)()
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.layers.named_parameters():
+            groups.setdefault(lr * scales.get(name, 1.0), []).append(p)
+        out = [{"params": params, "lr": rate} for rate, params in groups.items()]
+        out.append({"params": [self.condition_weight], "lr": lr})
+        if self.direction_gate is not None:
+            out.append({"params": [self.direction_gate], "lr": lr_direction_gate})
+        return out
+
     def attach_latent_model(self, model: LatentPropertyModel, steps: int) -> None:
         """Refine every drawing by ``steps`` Newton steps with ``model`` (needs the directions)."""
         if self.direction_gate is None:

@@ -177,13 +177,8 @@ class Finetune:
         self.ema = copy.deepcopy(self.mapping).to(device).requires_grad_(False)
         self.disc = discriminator_for(base, base_checkpoint, len(PROPERTY_NAMES)).to(device)
         self.regressor = regressor.to(device).eval().requires_grad_(False)
-        gate = [p for n, p in self.mapping.named_parameters() if n == "direction_gate"]
-        rest = [p for n, p in self.mapping.named_parameters() if n != "direction_gate"]
-        self.opt_g = torch.optim.Adam(
-            [{"params": rest}, {"params": gate, "lr": settings.lr_direction_gate}],
-            lr=settings.lr_mapping,
-            betas=(0.0, 0.99),
-        )
+        groups = self.mapping.parameter_groups(settings.lr_mapping, settings.lr_direction_gate)
+        self.opt_g = torch.optim.Adam(groups, betas=(0.0, 0.99))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=settings.lr_discriminator, betas=(0.0, 0.99))
         # Loss scaling under float16 autocast (a pass-through in other precisions); built inside the stage's scope.
         self.scaler_g, self.scaler_d = loss_scaler(device), loss_scaler(device)
@@ -194,6 +189,7 @@ class Finetune:
             {
                 **fingerprint_extra,
                 "n": len(self.real_c),
+                "learning_rates": [group["lr"] for group in groups],
                 "directions": None if directions is None else directions_fingerprint(directions),
                 # A state trained in another precision is another run (built inside the stage's autocast scope).
                 "autocast": str(torch.get_autocast_dtype(device.type))

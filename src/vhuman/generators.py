@@ -68,7 +68,10 @@ class Generator(Protocol):
     num_layers: int
     resolution: int
     w_avg: torch.Tensor
-    mapping: nn.Module  # (z, first_layer_extra=None) -> w; the extra enters the first layer before its activation
+    # (z, first_layer_extra=None) -> w; the extra enters the first layer before its activation. A mapping whose
+    # stored weights are not the ones it was trained as may say, per parameter name, what to scale a learning rate
+    # by (``learning_rate_scales()``); without it every parameter takes the optimiser's rate.
+    mapping: nn.Module
 
     def synthesis(self, wp: torch.Tensor) -> torch.Tensor: ...
 

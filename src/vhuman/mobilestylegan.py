@@ -50,7 +50,15 @@ STYLE_INPUTS = style_inputs()
 
 
 class MobileMapping(nn.Module):
-    """z -> pixel norm -> 8 x (linear, leaky ReLU, gain) -> w."""
+    """z -> pixel norm -> 8 x (linear, leaky ReLU, gain) -> w.
+
+    StyleGAN2 trained this network with a learning-rate multiplier of 0.01 on equalised weights (each used as
+    ``stored * lr_mul / sqrt(fan_in)``, biases as ``stored * lr_mul``); the export folds those factors in. An
+    optimiser that trains the folded weights takes steps that much smaller (``learning_rate_scales``) so that one
+    step moves the network as far as it moved in StyleGAN2's own training: unscaled, an Adam step of 1e-3 is 2 %
+    of a weight's typical size and a few dozen steps draw no face."""
+
+    LR_MUL = 0.01
 
     def __init__(self, z_dim: int = 512, w_dim: int = 512, num_layers: int = 8):
         super().__init__()
@@ -60,6 +68,13 @@ class MobileMapping(nn.Module):
     @property
     def first_layer_width(self) -> int:
         return self.dense[0].out_features
+
+    def learning_rate_scales(self) -> dict[str, float]:
+        """Per parameter name, the factor on an optimiser's learning rate that undoes the folded equalisation."""
+        return {
+            name: self.LR_MUL / math.sqrt(p.shape[1]) if p.ndim == 2 else self.LR_MUL
+            for name, p in self.named_parameters()
+        }
 
     def forward(self, z: torch.Tensor, first_layer_extra: torch.Tensor | None = None) -> torch.Tensor:
         """w for z; ``first_layer_extra`` [N, w_dim] is added to the first layer's pre-activation."""

@@ -1,12 +1,15 @@
 """Key presses and clicks per 100 hand labels, one face at a time against the grid of guesses, in Chromium.
 
-A scripted person labels the first N images of a run of the embedded default with the world's true gender and
-quality. Like a person, it makes a mistake on 5 % of the faces and corrects it at once (one face at a time: the wrong
-key, undo, the right keys; grid: a wrong click, clicked back). In the grid it clicks only the tiles whose guess is
-wrong and confirms each page with Enter; before each page it waits for a running retrain to finish (a person takes
-longer over a page than the ~20 s a retrain takes).
+A scripted person labels the first N images with their true gender and quality: the world's truth in a run of the
+embedded default, or a labels CSV (the stand-in's on real faces, whose calls the grid's CNN then has to learn).
+Like a person, it makes a mistake on 5 % of the faces and corrects it at once (one face at a time: the wrong key,
+undo, the right keys; grid: a wrong click, clicked back). In the grid it clicks only the tiles whose guess is wrong
+and confirms each page with Enter; before each page it waits for a running retrain to finish (a person takes longer
+over a page than the ~20 s a retrain takes).
 
     python benchmarks/bench_labeling.py --images results/generated/images --truth results/generated/truth.parquet
+    python benchmarks/bench_labeling.py --images results/generated/images --truth data/labels/stand_in.csv \
+        --labels 1000
 """
 
 import argparse
@@ -139,6 +142,16 @@ def run(mode, args, truth) -> dict:
     }
 
 
+def read_truth(path: Path) -> dict[str, tuple[str, str]]:
+    """image id -> (gender, quality) from the world's truth (Parquet) or a labels CSV."""
+    if path.suffix == ".csv":
+        return {r.image_id: (r.gender, r.quality) for r in read_labels(path).itertuples()}
+    return {
+        r.image_id: ("female" if r.gender > 0.5 else "male", "good" if r.quality > 0.5 else "bad")
+        for r in pd.read_parquet(path).itertuples()
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", default="results/generated/images")
@@ -150,11 +163,9 @@ def main():
     ap.add_argument("--screenshot", help="PNG of the grid at the end")
     ap.add_argument("--out", help="JSON file for the figures")
     args = ap.parse_args()
-    table = pd.read_parquet(args.truth)
-    truth = {
-        r.image_id: ("female" if r.gender > 0.5 else "male", "good" if r.quality > 0.5 else "bad")
-        for r in table.itertuples()
-    }
+    truth = read_truth(Path(args.truth))
+    if len(truth) < args.labels:
+        raise SystemExit(f"{args.truth} holds {len(truth)} faces, fewer than --labels {args.labels}")
     results = [run(mode, args, truth) for mode in args.modes.split(",")]
     for r in results:
         print(

@@ -5,7 +5,7 @@ VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: run test test-real lint report docs dag clean
+.PHONY: run test test-real lint report docs docs-real dag clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,7 @@ clean:
 # docs/results.md and the README's headline table from the finished run's own JSON (copied into docs/run/)
 docs: $(BIN)/.installed
 	$(BIN)/python -m vhuman.results_doc results
+
+# docs/results_real.md and the README's real-face table from a finished real-face run (copied into docs/run_real/)
+docs-real: $(BIN)/.installed
+	$(BIN)/python -m vhuman.results_doc results --real

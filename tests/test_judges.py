@@ -191,3 +191,35 @@ def test_the_stand_in_s_female_rate_is_reported_on_the_faces_it_found():
     requested = np.zeros((4, 7))
     out = judged_control(verdicts, requested, np.zeros(4, int), np.zeros(4, int))
     assert out["female_rate_stand_in"] == pytest.approx(2 / 3) and out["stand_in_faces_found"] == 0.75
+
+
+def test_property_agreement_correlates_each_property_with_its_judges_reading_where_both_have_one():
+    import pandas as pd
+
+    from vhuman.judging import property_agreement
+    from vhuman.vocabulary import PROPERTY_NAMES
+
+    rng = np.random.default_rng(0)
+    n = 40
+    table = pd.DataFrame({name: rng.random(n) for name in PROPERTY_NAMES})
+    for name in PROPERTY_NAMES:
+        table[f"{name}_valid"] = True
+    table.loc[0, "mouth_valid"] = False
+    verdicts = [
+        judges.Verdict(
+            i != 1,  # no face found in image 1
+            0.1 + 0.3 * table.eyes[i],
+            -table.mouth[i] if i != 1 else np.nan,  # the judge's scale runs the other way: r = -1
+            rng.normal(),  # a yaw that has nothing to do with face_pose
+            table.background_light[i] ** 2,
+            np.zeros(128),
+        )
+        for i in range(n)
+    ]
+    verdicts[1].eyes = verdicts[1].yaw = np.nan
+    result = property_agreement(table, verdicts)
+    assert result["images"] == n and result["faces_found"] == pytest.approx((n - 1) / n)
+    assert result["eyes"]["pearson_r"] == pytest.approx(1.0) and result["eyes"]["judged"] == n - 1
+    assert result["mouth"]["pearson_r"] == pytest.approx(-1.0) and result["mouth"]["judged"] == n - 2
+    assert abs(result["face_pose"]["pearson_r"]) < 0.5
+    assert 0.9 < result["background_light"]["pearson_r"] < 1.0 and result["background_light"]["judged"] == n

@@ -96,3 +96,21 @@ def test_property_table_file(rendered, tmp_path):
         z = table.loc[table[f"{name}_valid"], f"{name}_z"]
         assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-6
     assert b"eyes_mean_std" in stored.schema.metadata
+
+
+def test_range_shares_count_the_valid_values_and_those_at_each_end():
+    import pandas as pd
+
+    table = pd.DataFrame({"image_id": [f"{i:06d}" for i in range(4)]})
+    for name in PROPERTY_NAMES:
+        table[name], table[f"{name}_valid"] = [0.5, 0.5, 0.5, 0.5], [True, True, True, True]
+    table["mouth"] = [0.0, 0.0, 0.3, np.nan]  # two closed mouths, one not measured
+    table["mouth_valid"] = [True, True, True, False]
+    table["face_pose"] = [-1.0, 0.2, 1.0, 1.0]
+    table["hair_length_censored"] = [True, False, False, False]
+    shares = properties.range_shares(table)
+    assert shares["images"] == 4
+    assert shares["mouth"] == {"valid_share": 0.75, "at_low_share": pytest.approx(2 / 3), "at_high_share": 0.0}
+    assert shares["face_pose"]["at_low_share"] == 0.25 and shares["face_pose"]["at_high_share"] == 0.5
+    assert shares["hair_length"]["cut_off_by_frame_share"] == 0.25
+    assert shares["eyes"] == {"valid_share": 1.0, "at_low_share": 0.0, "at_high_share": 0.0}

@@ -48,7 +48,7 @@ def test_every_rule_ran_and_nothing_is_left(mobile_run):
     logs = {p.stem for p in (mobile_run / "logs").glob("*.log")}
     expected = {"download_generator", "download_bisenet", "generate", "gender_cnn", "female_subset", "segment"}
     expected |= {"properties", "property_regressor", "latent_directions", "finetune", "evaluate_control"}
-    expected |= {"download_judges"}
+    expected |= {"download_judges", "properties_judge_check"}
     assert expected <= logs, expected - logs
     assert (mobile_run / "results" / "report.html").stat().st_size > 100_000
 
@@ -73,6 +73,18 @@ def test_the_faces_are_parsed_into_faces_and_measured(mobile_run):
         assert valid.mean() >= 0.6, name
         assert table.loc[valid, name].between(lo, hi).all(), name
     assert table["face_pose"].std() > 0.01 and table["background_light"].std() > 0.01
+
+
+def test_the_properties_agree_with_the_independent_judges(mobile_run):
+    check = json.loads((mobile_run / "results/properties/judge_check.json").read_text())
+    kept = pq.read_table(mobile_run / "results/properties.parquet").num_rows
+    assert check["ranges"]["images"] == check["judges"]["images"] == kept
+    assert check["judges"]["faces_found"] >= 0.9  # the base generator's faces: dlib finds them
+    for name in ("eyes", "mouth", "face_pose"):  # r 0.89-0.98 on 48 faces; these are a dozen or two
+        assert check["judges"][name]["pearson_r"] > 0.5, (name, check["judges"][name])
+    for name in PROPERTY_NAMES:
+        shares = check["ranges"][name]
+        assert 0 < shares["valid_share"] <= 1 and 0 <= shares["at_low_share"] <= 1
 
 
 def test_the_fine_tuned_generator_draws_real_faces_and_is_evaluated(mobile_run):

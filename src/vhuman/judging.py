@@ -10,6 +10,7 @@ measurement.
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from vhuman.io import load_image
 from vhuman.judges import SAME_PERSON_DISTANCE, Verdict, same_person_share
@@ -60,6 +61,28 @@ def judged_control(
     if reference is not None:
         result["realism"] = realism(descriptors, reference)
     return result
+
+
+def property_agreement(table, verdicts: list[Verdict]) -> dict:
+    """The workflow's properties (a property table's rows) against the judges' readings of the same images: per
+    judged property, Pearson r over the images where both have a value, and how many those are."""
+    found = np.array([v.face_found for v in verdicts], bool)
+    result = {"images": len(verdicts), "faces_found": float(found.mean()) if len(found) else None}
+    for name, field in JUDGED.items():
+        reading = np.array([getattr(v, field) for v in verdicts], np.float64)
+        value = table[name].to_numpy(np.float64)
+        sel = np.isfinite(reading) & np.isfinite(value) & table[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
+        result[name] = {"pearson_r": _pearson(value[sel], reading[sel]), "judged": int(sel.sum()), "judge": field}
+    return result
+
+
+def judge_property_table(table, images_dir, judges, progress: bool = True) -> dict:
+    """``property_agreement`` for every image of a property table (``images_dir/{image_id}.png``)."""
+    ids = table["image_id"].tolist()
+    verdicts = [
+        judges.judge(load_image(f"{images_dir}/{i}.png")) for i in tqdm(ids, desc="judges", disable=not progress)
+    ]
+    return property_agreement(table, verdicts)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

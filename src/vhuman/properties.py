@@ -45,6 +45,7 @@ from vhuman.vocabulary import (
     EYE_ASPECT_OPEN,
     MOUTH_SHARE_OPEN,
     PROPERTY_NAMES,
+    RANGES,
     YAW_FULL,
 )
 
@@ -263,6 +264,24 @@ def agreement_with_truth(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
             "mae": float(np.abs(got - want).mean()) if valid.any() else float("nan"),
             "valid_share": float(valid.mean()),
         }
+    return out
+
+
+def range_shares(table: pd.DataFrame) -> dict:
+    """Per property: the share of images with a valid value, and of those the shares at each end of its range
+    (a value clipped there, or a physical end: a closed mouth is 0); hair also the share cut off by the frame."""
+    out = {"images": len(table)}
+    for name in PROPERTY_NAMES:
+        valid = table[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
+        values = table[name].to_numpy(np.float64)[valid]
+        low, high = RANGES[name]
+        out[name] = {
+            "valid_share": float(valid.mean()) if len(valid) else None,
+            "at_low_share": float(np.mean(values <= low)) if len(values) else None,
+            "at_high_share": float(np.mean(values >= high)) if len(values) else None,
+        }
+    if "hair_length_censored" in table:
+        out["hair_length"]["cut_off_by_frame_share"] = float(table["hair_length_censored"].fillna(False).mean())
     return out
 
 

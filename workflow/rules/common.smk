@@ -82,6 +82,8 @@ def final_outputs():
             "results/segmentation/truth_check.json",
             "results/properties/truth_check.json",
         ]
+    if "judges" in config:
+        outputs += ["results/properties/judge_check.json"]
     # Tables for the report, written by rule report_tables, and the stage times of this run.
     outputs += [f"results/report/{name}.html" for name in REPORT_TABLES]
     outputs += ["results/benchmarks/stage_times.json"]
@@ -120,6 +122,14 @@ if SYNTHETIC:
                 "4. Properties",
             ),
         }
+    )
+
+
+if "judges" in config:
+    REPORT_TABLES["properties_judge_check"] = (
+        "results/properties/judge_check.json",
+        "properties_judge_check.rst",
+        "4. Properties",
     )
 
 

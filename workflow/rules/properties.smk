@@ -47,3 +47,21 @@ if SYNTHETIC:
             "logs/properties_truth_check.log",
         script:
             "../scripts/properties_truth_check.py"
+
+
+if "judges" in config:
+
+    # Real faces have no truth: the properties against dlib's independent readings of the same images.
+    rule properties_judge_check:
+        input:
+            unpack(judge_files),
+            properties="results/properties.parquet",
+            images="results/generated/images",
+        output:
+            "results/properties/judge_check.json",
+        benchmark:
+            "results/benchmarks/properties_judge_check.tsv"
+        log:
+            "logs/properties_judge_check.log",
+        script:
+            "../scripts/properties_judge_check.py"

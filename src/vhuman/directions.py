@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from vhuman.io import column_vectors, load_torch_file
 from vhuman.latents import truncate
@@ -316,6 +317,7 @@ def direction_layers(
     keep: float = 0.15,
     groups: list[list[int]] | None = None,
     probed_rows: int | None = None,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which layers each direction acts through: a mask [R, L] and the measured effects [R, L].
 
@@ -330,18 +332,23 @@ def direction_layers(
     rows = len(weights)
     groups = groups or [[layer] for layer in range(num_layers)]
     effect = torch.zeros(rows, num_layers)
-    for r in range(rows if probed_rows is None else probed_rows):
+    probed = rows if probed_rows is None else probed_rows
+    bar = tqdm(total=probed * len(groups), desc="directions: layer probe", unit="edit", disable=not progress)
+    for r in range(probed):
         if not weights[r].abs().sum() > 0:
+            bar.update(len(groups))
             continue  # a direction that could not be fitted moves nothing
         coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
         coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
         for group in groups:
+            bar.update()
             only = torch.zeros(rows, num_layers, device=w.device)
             only[r, group] = 1
             step = layer_step(coef, weights, only)
             with torch.inference_mode():
                 gain = read(w.unsqueeze(1) + step)[:, r] - read(w.unsqueeze(1) - step)[:, r]
             effect[r, group] = (gain.mean() / (2 * size)).abs().float().cpu()
+    bar.close()
     mask = (effect >= keep * effect.amax(dim=1, keepdim=True)) & (effect > 0)
     mask[~mask.any(dim=1)] = True  # a row the reader cannot see at all keeps every layer
     return mask.float(), effect

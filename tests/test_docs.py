@@ -61,6 +61,27 @@ def test_the_committed_results_are_the_committed_run_s():
     results_doc.main(["--check"])
 
 
+def test_the_committed_real_face_results_are_the_committed_real_run_s():
+    """docs/results_real.md and the README's real-face table are what `make docs-real` writes from docs/run_real/."""
+    results_doc.main(["--real", "--check"])
+
+
+def test_a_changed_figure_in_the_real_run_changes_its_tables(tmp_path):
+    run = tmp_path / "run_real"
+    shutil.copytree(REPO / "docs" / "run_real", run)
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    page = tmp_path / "results_real.md"
+    args = ["--real", "--run", str(run), "--readme", str(tmp_path / "README.md"), "--results-md", str(page)]
+    results_doc.main(args)
+    control = json.loads((run / "control.json").read_text())
+    control["directions"]["judges"]["faces_found"] = 0.5
+    (run / "control.json").write_text(json.dumps(control))
+    with pytest.raises(SystemExit, match="make docs-real"):
+        results_doc.main([*args, "--check"])
+    results_doc.main(args)
+    assert "50 %: **no**" in page.read_text() and "| 50 % |" in (tmp_path / "README.md").read_text()
+
+
 def test_a_changed_figure_in_the_run_changes_the_tables(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(REPO / "docs" / "run", run)

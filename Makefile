@@ -46,4 +46,4 @@ docs: $(BIN)/.installed
 
 # docs/results_real.md and the README's real-face table from a finished real-face run (copied into docs/run_real/)
 docs-real: $(BIN)/.installed
-	$(BIN)/python -m vhuman.results_doc results --real
+	$(BIN)/python -m vhuman.results_real results

@@ -25,7 +25,7 @@ LAYERS = [
         "results_doc",
         "shards",
     },
-    {"discriminator"},  # StyleGAN's discriminator, built from the generator's layers
+    {"discriminator", "results_real"},  # StyleGAN's discriminator; the real-face results page
     {"genforce", "mobilestylegan_ir"},  # GenForce's checkpoint files, MobileStyleGAN's IR files
     {"generators"},  # every generator behind one interface
     {

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_workflow import workdir_copy
-from vhuman import results_doc
+from vhuman import results_doc, results_real
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "config" / "README.md"]
 RUNNABLE = re.compile(r"<!-- runnable -->\n```bash\n(.*?)```", re.S)
@@ -63,7 +63,7 @@ def test_the_committed_results_are_the_committed_run_s():
 
 def test_the_committed_real_face_results_are_the_committed_real_run_s():
     """docs/results_real.md and the README's real-face table are what `make docs-real` writes from docs/run_real/."""
-    results_doc.main(["--real", "--check"])
+    results_real.main(["--check"])
 
 
 def test_a_changed_figure_in_the_real_run_changes_its_tables(tmp_path):
@@ -71,14 +71,14 @@ def test_a_changed_figure_in_the_real_run_changes_its_tables(tmp_path):
     shutil.copytree(REPO / "docs" / "run_real", run)
     shutil.copy(REPO / "README.md", tmp_path / "README.md")
     page = tmp_path / "results_real.md"
-    args = ["--real", "--run", str(run), "--readme", str(tmp_path / "README.md"), "--results-md", str(page)]
-    results_doc.main(args)
+    args = ["--run", str(run), "--readme", str(tmp_path / "README.md"), "--results-md", str(page)]
+    results_real.main(args)
     control = json.loads((run / "control.json").read_text())
     control["directions"]["judges"]["faces_found"] = 0.5
     (run / "control.json").write_text(json.dumps(control))
     with pytest.raises(SystemExit, match="make docs-real"):
-        results_doc.main([*args, "--check"])
-    results_doc.main(args)
+        results_real.main([*args, "--check"])
+    results_real.main(args)
     assert "50 %: **no**" in page.read_text() and "| 50 % |" in (tmp_path / "README.md").read_text()
 
 

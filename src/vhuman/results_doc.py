@@ -168,17 +168,17 @@ def results_markdown(run: dict) -> str:
         "",
     ]
     lines += control_section(control)
-    lines += [
-        "## Sweeps",
-        "",
+    caption = (
         "The fine-tuned generator as saved, four faces (rows), one property requested across its range (columns): "
-        "`face_pose` from -1 to +1, then `eyes` from 0 to 1.",
-        "",
-        *[f"![{name.removesuffix('.png')}](run/{name})" for name in RUN_PICTURES],
-        "",
-    ]
-    lines += ["## Stage times", ""] + times_table(run["stage_times.json"]) + [""]
-    return "\n".join(lines)
+        "`face_pose` from -1 to +1, then `eyes` from 0 to 1."
+    )
+    return "\n".join(lines + sweeps_and_times(caption, "run", RUN_PICTURES, run["stage_times.json"]))
+
+
+def sweeps_and_times(caption: str, folder: str, pictures, times: dict) -> list[str]:
+    """A results page's last two sections: its sweep pictures (in ``folder``, beside the page) and stage times."""
+    shown = [f"![{Path(name).stem}]({folder}/{name})" for name in pictures]
+    return ["## Sweeps", "", caption, "", *shown, "", "## Stage times", "", *times_table(times), ""]
 
 
 def headline_markdown(run: dict) -> str:

@@ -18,7 +18,7 @@ from vhuman.results_doc import (
     r_range,
     share,
     stamp,
-    times_table,
+    sweeps_and_times,
     with_headline,
     write_or_check,
 )
@@ -180,17 +180,11 @@ def real_results_markdown(run: dict) -> str:
         cost = ", ".join(f"{v} {COST_WORDS[k][v != 1]}" for k, v in variant["cost_per_face"].items() if v)
         lines += [f"### {title}", "", f"Per face: {cost}.", ""] + real_control_table(variant) + [""]
         lines += [real_variant_summary(variant), ""]
-    lines += [
-        "## Sweeps",
-        "",
+    caption = (
         "Rows: faces (z); columns: one property requested from its sweep's low to its high end. The fine-tuned "
-        "generator as saved, then the directions baseline: `face_pose`, `eyes`, `mouth`.",
-        "",
-        *[f"![{name.removesuffix('.jpg')}](run_real/{name})" for name in REAL_RUN_PICTURES],
-        "",
-    ]
-    lines += ["## Stage times", ""] + times_table(run["stage_times.json"]) + [""]
-    return "\n".join(lines)
+        "generator as saved, then the directions baseline: `face_pose`, `eyes`, `mouth`."
+    )
+    return "\n".join(lines + sweeps_and_times(caption, "run_real", REAL_RUN_PICTURES, run["stage_times.json"]))
 
 
 def real_headline_markdown(run: dict) -> str:

@@ -70,9 +70,14 @@ def share(value) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
 
+def r_values(block: dict) -> list[float]:
+    """The defined Pearson r of a variant's per-property block (a property nothing could measure has none)."""
+    return [block[name]["pearson_r"] for name in PROPERTY_NAMES if block[name]["pearson_r"] is not None]
+
+
 def r_range(block: dict) -> str:
-    rs = [block[name]["pearson_r"] for name in PROPERTY_NAMES if block[name]["pearson_r"] is not None]
-    return f"{fmt(min(rs))}–{fmt(max(rs))}"
+    rs = r_values(block)
+    return f"{fmt(min(rs))}–{fmt(max(rs))}" if rs else "–"
 
 
 def stamp(run: dict) -> str:
@@ -92,7 +97,6 @@ def stages_table(run: dict) -> list[str]:
     parser, parsed = run["parser_metrics.json"], run["parser_truth_check.json"]["generated_images"]
     props, critic = run["properties_truth_check.json"], run["regressor_metrics.json"]
     prop_r = ", ".join(f"{n} {fmt(props[n]['pearson_r'])}" for n in PROPERTY_NAMES)
-    critic_r = [critic[n]["pearson_r"] for n in PROPERTY_NAMES]
     return [
         "| stage | measured against the world's truth |",
         "|---|---|",
@@ -106,7 +110,7 @@ def stages_table(run: dict) -> list[str]:
         f"{fmt(parsed['miou'])} on the {parsed['images']:,} kept images |",
         f"| properties from the parser's masks ({props['images']:,} kept images) | Pearson r: {prop_r} |",
         f"| property regressor (the fine-tune's critic), {critic['held_out_images']:,} images held out | "
-        f"r {fmt(min(critic_r))}–{fmt(max(critic_r))} |",
+        f"r {r_range(critic)} |",
     ]
 
 
@@ -210,8 +214,8 @@ def with_headline(readme: str, headline: str, begin: str = BEGIN, end: str = END
     return f"{head}{begin}\n{headline}\n{end}{rest.split(end, 1)[1]}"
 
 
-def arguments(prog: str, run: str, page: str, argv) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def arguments(prog: str, description: str, run: str, page: str, argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("results", nargs="?", help="a finished run's results/ to take the files from")
     ap.add_argument("--run", default=run, help="where the run's files are kept")
     ap.add_argument("--results-md", default=page, help="the results page")
@@ -234,7 +238,7 @@ def write_or_check(wanted: dict[Path, str], args, make_target: str) -> None:
 
 
 def main(argv=None) -> None:
-    args = arguments("python -m vhuman.results_doc", "docs/run", "docs/results.md", argv)
+    args = arguments("python -m vhuman.results_doc", __doc__.splitlines()[0], "docs/run", "docs/results.md", argv)
     if args.results and not args.check:
         collect(Path(args.results), Path(args.run))
     run = load_run(Path(args.run))

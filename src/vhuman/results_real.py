@@ -16,6 +16,7 @@ from vhuman.results_doc import (
     fmt,
     load_run,
     r_range,
+    r_values,
     share,
     stamp,
     sweeps_and_times,
@@ -67,8 +68,6 @@ def real_stages_table(run: dict) -> list[str]:
         f"{name} {fmt(judged[name]['pearson_r'])} ({judged[name]['judged']:,} faces)"
         for name in (*JUDGED_PROPERTIES, "background_light")
     )
-    critic_r = [critic[n]["pearson_r"] for n in PROPERTY_NAMES if n in critic] or [None]
-    critic_r = [r for r in critic_r if r is not None] or [None]
     cv = gender["out_of_fold"]["gender"]
     return [
         "| stage | measured |",
@@ -80,7 +79,7 @@ def real_stages_table(run: dict) -> list[str]:
         f"| properties against dlib's readings of the same {judged['images']:,} kept faces (a face found in "
         f"{share(judged['faces_found'])}) | Pearson r: {agreement} |",
         f"| property regressor (the fine-tune's critic), {critic['held_out_images']:,} images held out | "
-        f"r {fmt(min(critic_r, key=lambda r: r or 0))}–{fmt(max(critic_r, key=lambda r: r or 0))} |",
+        f"r {r_range(critic) if all(n in critic for n in PROPERTY_NAMES) else '–'} |",
     ]
 
 
@@ -103,11 +102,11 @@ def real_control_table(variant: dict) -> list[str]:
     ]
     for name in PROPERTY_NAMES:
         m, lo_hi = variant["parser"][name], variant.get("sweep_bounds", {}).get(name)
-        judged = variant["judges"].get(name, {}).get("pearson_r") if name in variant["judges"] else None
+        judged = variant["judges"].get(name, {}).get("pearson_r")
         sweep = "–" if lo_hi is None else f"{lo_hi[0]:.2f}..{lo_hi[1]:.2f}"
         rows.append(
             f"| {name} | {sweep} | {fmt(m['pearson_r'])} | {fmt(m['mae'])} | {fmt(m['spread_across_z'])} | "
-            f"{share(m['share_within_0.1'])} | {fmt(judged) if name in variant['judges'] else '–'} |"
+            f"{share(m['share_within_0.1'])} | {fmt(judged)} |"
         )
     return rows
 
@@ -136,10 +135,7 @@ def targets_table(control: dict) -> list[str]:
         if key not in control:
             continue
         v, judged = control[key], control[key]["judges"]
-        lowest = min(
-            (v["parser"][n]["pearson_r"] for n in PROPERTY_NAMES if v["parser"][n]["pearson_r"] is not None),
-            default=None,
-        )
+        lowest = min(r_values(v["parser"]), default=None)
         cells = [f"{fmt(lowest)} ≥ {workflow_r_target(key)}: {met(lowest, workflow_r_target(key))}"]
         for name in JUDGED_PROPERTIES:
             r = judged[name]["pearson_r"]
@@ -221,7 +217,9 @@ def small_jpeg(source: Path, dest: Path, scale: float = 0.5) -> None:
 
 
 def main(argv=None) -> None:
-    args = arguments("python -m vhuman.results_real", "docs/run_real", "docs/results_real.md", argv)
+    args = arguments(
+        "python -m vhuman.results_real", __doc__.splitlines()[0], "docs/run_real", "docs/results_real.md", argv
+    )
     if args.results and not args.check:
         collect(Path(args.results), Path(args.run), REAL_RUN_FILES)
         for name, rel in REAL_RUN_PICTURES.items():

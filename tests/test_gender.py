@@ -130,3 +130,17 @@ def test_too_few_hand_labels_is_a_clear_error(tmp_path):
             tmp_path / "x.json",
             progress=False,
         )
+
+
+def test_prediction_folds_batch_norm_into_the_convolutions_without_changing_the_output():
+    torch.manual_seed(0)
+    model = gender.GenderQualityNet(8)
+    with torch.no_grad():  # batch statistics that are not the identity
+        model.train()(torch.randn(16, 3, 32, 32) * 3 + 1)
+    model.eval()
+    images = (torch.rand(6, 3, 32, 32) * 255).to(torch.uint8)
+    with torch.inference_mode():
+        x = images.float() / 127.5 - 1
+        expected = torch.sigmoid((model(x) + model(torch.flip(x, dims=[3]))) / 2).numpy()
+    np.testing.assert_allclose(gender.predict(model, images), expected, rtol=1e-5, atol=1e-6)
+    assert not model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # left as it was

@@ -50,6 +50,16 @@ def test_world_parser_learns_the_big_regions(parser_file):
     assert per_class["background"] > 0.8 and per_class["skin"] > 0.6 and per_class["hair"] > 0.6
 
 
+def test_chunked_labels_are_the_argmax_of_the_whole_batchs_logits(parser_file):
+    model = segmentation.load_world_parser(parser_file[0])
+    with torch.inference_mode():
+        images = render_faces(sample_face_params(5, seed=7), 64).images
+        whole = model.logits_at(images, 128).argmax(1).to(torch.uint8)
+        # a chunk of 2 images at 128x128: chunks of 2, 2 and 1
+        assert torch.equal(model.labels_at(images, 128, chunk_pixels=2 * 128 * 128), whole)
+        assert torch.equal(model.labels_at(images, 64), model(images).argmax(1).to(torch.uint8))
+
+
 def test_segment_images_writes_palette_masks_at_the_mask_size(parser_file, tmp_path):
     path, _ = parser_file
     with torch.inference_mode():

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import reference_file
 from tests.fixtures.seeded_weights import genforce_weights, seeded_input
-from vhuman.discriminator import StyleGANDiscriminator, minibatch_std
+from vhuman.discriminator import DownsampleConv, StyleGANDiscriminator, minibatch_std
 from vhuman.generators import load_generator
 from vhuman.genforce import discriminator_from_checkpoint, save_genforce_checkpoint
 from vhuman.io import CheckpointError, to_uint8
@@ -126,6 +126,21 @@ def test_celeba_partial_256_has_the_published_key_table():
     sd = disc.state_dict()
     assert len(sd) == 51 and sum(v.numel() for v in sd.values()) == 23_070_210
     assert sd["layer12.weight"].shape == (512, 513, 3, 3) and sd["layer13.weight"].shape == (512, 8192)
+
+
+def test_the_down_sampling_conv_is_genforces_pool_of_a_conv_in_one_strided_conv():
+    torch.manual_seed(0)
+    layer = DownsampleConv(5, 7, fused=False)
+    layer.bias.data.normal_()
+    x = torch.randn(2, 5, 16, 16, requires_grad=True)
+    # GenForce's unfused form, written out: blur, 3x3 conv with bias, 2x2 average pool, leaky ReLU
+    conv = torch.nn.functional.conv2d(layer.blur(x), layer.weight * layer.wscale, layer.bias, padding=1)
+    reference = torch.nn.functional.leaky_relu(torch.nn.functional.avg_pool2d(conv, 2), 0.2)
+    ours = layer(x)
+    assert ours.shape == (2, 7, 8, 8)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    g_ours, g_ref = (torch.autograd.grad(y.square().sum(), x)[0] for y in (ours, reference))
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
 
 
 def test_minibatch_std_groups_samples_by_index():

@@ -21,7 +21,7 @@ from torchvision.ops import Conv2dNormActivation
 from tqdm import tqdm
 
 from vhuman.io import load_image_batch, load_torch_file, save_torch_atomic, write_json, write_parquet_atomic
-from vhuman.runtime import loss_scaler, scaled_step
+from vhuman.runtime import fused_for_inference, loss_scaler, scaled_step
 
 
 @dataclass
@@ -97,8 +97,7 @@ def _loss(logits, female, good, has_quality, bad_weight):
 
 
 def predict(model, images, batch_size=256) -> np.ndarray:
-    model.eval()
-    out = []
+    model, out = fused_for_inference(model), []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = _to_input(images[start : start + batch_size])

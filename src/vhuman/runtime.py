@@ -86,3 +86,20 @@ def precision_scope(device: torch.device, precision: str) -> Iterator[torch.dtyp
     # weight until the scope ends, so training would go on with the weights of its first step.
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
         yield dtype
+
+
+def fused_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of ``model`` with every batch norm that follows a convolution folded into that convolution's
+    weights (the same function; on a CPU the channels-last batch norm took a quarter of a small CNN's inference)."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, torch.nn.Sequential):
+            for i in range(len(module) - 1):
+                conv, norm = module[i], module[i + 1]
+                if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                    module[i], module[i + 1] = fuse_conv_bn_eval(conv, norm), torch.nn.Identity()
+    return fused

@@ -84,10 +84,23 @@ class WorldParser(nn.Module):
 
     def logits_at(self, images: torch.Tensor, size: int) -> torch.Tensor:
         """Logits up-sampled to ``size`` (images in [-1, 1])."""
+        return upsampled(self(images), size)
+
+    def labels_at(self, images: torch.Tensor, size: int, chunk_pixels: int = 1 << 19) -> torch.Tensor:
+        """Labels (uint8) at ``size``: the network on the whole batch, then up-sampling and argmax a few images at a
+        time, so that the 19-class logits at mask size stay in cache (a batch of 64 at 256 is 320 MB). The same labels
+        as ``logits_at(...).argmax(1)``, 2x faster on a 2-core CPU."""
         logits = self(images)
-        if logits.shape[-1] != size:
-            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        step = max(1, chunk_pixels // (size * size))
+        return torch.cat(
+            [upsampled(logits[s : s + step], size).argmax(1).to(torch.uint8) for s in range(0, len(logits), step)]
+        )
+
+
+def upsampled(logits: torch.Tensor, size: int) -> torch.Tensor:
+    if logits.shape[-1] == size:
         return logits
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def _augment(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
@@ -183,7 +196,7 @@ def parse_tensor(model: WorldParser, images: torch.Tensor, mask_resolution: int,
     out = []
     with torch.inference_mode():
         for s in range(0, len(images), batch):
-            out.append(model.logits_at(images[s : s + batch], mask_resolution).argmax(1).to(torch.uint8).numpy())
+            out.append(model.labels_at(images[s : s + batch], mask_resolution).numpy())
     return np.concatenate(out)
 
 
@@ -219,7 +232,7 @@ class Parser:
             return labels
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
         with torch.inference_mode():
-            return self.net.logits_at(x, self.mask_resolution).argmax(1).to(torch.uint8).cpu().numpy()
+            return self.net.labels_at(x, self.mask_resolution).cpu().numpy()
 
 
 def segment_images(

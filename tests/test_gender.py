@@ -10,6 +10,7 @@ import torch
 from tests.conftest import default_config
 from vhuman import gender
 from vhuman.io import save_png, to_uint8
+from vhuman.runtime import fused_for_inference
 from vhuman.synthetic import PARAM_INDEX, render_faces, sample_face_params
 
 
@@ -132,7 +133,7 @@ def test_too_few_hand_labels_is_a_clear_error(tmp_path):
         )
 
 
-def test_prediction_folds_batch_norm_into_the_convolutions_without_changing_the_output():
+def test_batch_norm_folded_into_the_convolutions_predicts_the_same():
     torch.manual_seed(0)
     model = gender.GenderQualityNet(8)
     with torch.no_grad():  # batch statistics that are not the identity
@@ -142,5 +143,7 @@ def test_prediction_folds_batch_norm_into_the_convolutions_without_changing_the_
     with torch.inference_mode():
         x = images.float() / 127.5 - 1
         expected = torch.sigmoid((model(x) + model(torch.flip(x, dims=[3]))) / 2).numpy()
-    np.testing.assert_allclose(gender.predict(model, images), expected, rtol=1e-5, atol=1e-6)
+    fused = fused_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    np.testing.assert_allclose(gender.predict(fused, images), expected, rtol=1e-5, atol=1e-6)
     assert not model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # left as it was

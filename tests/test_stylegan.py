@@ -130,7 +130,7 @@ def test_celeba_partial_256_has_the_published_key_table():
 
 def test_the_down_sampling_conv_is_genforces_pool_of_a_conv_in_one_strided_conv():
     torch.manual_seed(0)
-    layer = DownsampleConv(5, 7, fused=False)
+    layer = DownsampleConv(5, 7)
     layer.bias.data.normal_()
     x = torch.randn(2, 5, 16, 16, requires_grad=True)
     # GenForce's unfused form, written out: blur, 3x3 conv with bias, 2x2 average pool, leaky ReLU

@@ -18,14 +18,13 @@ from vhuman.stylegan import GAIN, SLOPE, Blur, DenseLayer, _fused_kernel, channe
 class DownsampleConv(nn.Module):
     """blur -> 3x3 conv with bias -> 2x2 average pool -> lrelu.
 
-    Both of GenForce's forms (``fused`` or not) compute as one stride-2 conv with the 4x4 kernel that folds the
-    average pool into the 3x3 one: the same function (a pool of a conv is a conv), without the full-size conv
-    output, and 2.25x fewer multiply-adds. ``fused`` is kept: it is part of the checkpoint's architecture.
+    GenForce's two forms (``fused_scale`` or not) are one function: a pool of a conv is a conv. Both compute here as
+    one stride-2 conv with the 4x4 kernel that folds the pool into the 3x3 one, without the full-size conv output and
+    with 2.25x fewer multiply-adds; the checkpoint's ``fused_scale`` names only the form it was trained in.
     """
 
-    def __init__(self, in_channels, out_channels, fused):
+    def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.fused = fused
         self.blur = Blur(in_channels)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -91,11 +90,8 @@ class StyleGANDiscriminator(nn.Module):
             nf = channels_at(res, fmaps_base, fmaps_max)
             setattr(self, f"input{b}", Conv(image_channels, nf, 1))
             if res > 4:
-                fused = res >= 128 if fused_scale == "auto" else bool(fused_scale)
                 setattr(self, f"layer{2 * b}", Conv(nf, nf, 3))
-                setattr(
-                    self, f"layer{2 * b + 1}", DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max), fused)
-                )
+                setattr(self, f"layer{2 * b + 1}", DownsampleConv(nf, channels_at(res // 2, fmaps_base, fmaps_max)))
             else:
                 setattr(self, f"layer{2 * b}", Conv(nf + 1, nf, 3))
                 setattr(self, f"layer{2 * b + 1}", DenseLayer(nf * 16, channels_at(2, fmaps_base, fmaps_max)))

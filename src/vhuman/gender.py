@@ -97,7 +97,8 @@ def _loss(logits, female, good, has_quality, bad_weight):
 
 
 def predict(model, images, batch_size=256) -> np.ndarray:
-    model, out = fused_for_inference(model), []
+    """[p_female, p_good_quality] per image; ``model`` in eval mode (``fused_for_inference`` of a trained one)."""
+    out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = _to_input(images[start : start + batch_size])
@@ -222,7 +223,7 @@ def train_and_label(
     for k in tqdm(range(settings.folds), desc="gender folds", disable=not progress):
         train_idx, val_idx = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         model, hist = train_fold(images, female, good, has_quality, train_idx, val_idx, settings, k, log)
-        oof[val_idx] = predict(model, images[val_idx])
+        oof[val_idx] = predict(fused_for_inference(model), images[val_idx])
         states.append(model.state_dict())
         history += hist
     save_torch_atomic({"settings": asdict(settings), "folds": states}, model_path)
@@ -276,7 +277,7 @@ def load_ensemble(path: str | Path) -> list[GenderQualityNet]:
     for state in ckpt["folds"]:
         model = GenderQualityNet(ckpt["settings"]["width"])
         model.load_state_dict(state, strict=True)
-        models.append(model.eval())
+        models.append(fused_for_inference(model))  # folded once here: the ensemble only predicts
     return models
 
 

@@ -17,6 +17,7 @@ import torch
 from vhuman.gender import ClassifierSettings, predict, train_fold
 from vhuman.io import load_image_batch
 from vhuman.labeling import MajorityGuess
+from vhuman.runtime import fused_for_inference
 
 INPUT_SIZE = 64
 MIN_LABELS = 40
@@ -67,7 +68,7 @@ class CNNGuess:
             epochs = max(1, round(self.steps / -(-len(train) // BATCH)))
             settings = ClassifierSettings(INPUT_SIZE, 1, epochs, epochs, BATCH, 0.003, 1e-4, 16, self.seed)
             model, _ = train_fold(images, female, good, torch.ones_like(good), train, val, settings, fold=0)
-            self.model, self.trained_on, self.error = model, len(ids), None
+            self.model, self.trained_on, self.error = fused_for_inference(model), len(ids), None
         except Exception as exc:  # a failed retrain keeps the last model; the page shows why
             self.error = f"{type(exc).__name__}: {exc}"
         # Labels that came in while training may call for the next round.

@@ -4,7 +4,9 @@ Everything (munge key and socket, slurm.conf, state, logs) lives in one temporar
 /etc/munge is not touched. /etc/slurm/slurm.conf and gres.conf become links to that directory while the cluster
 runs, because the executor's job step strips SLURM_* variables (SLURM_CONF included) before its inner `srun`, which
 then reads the default path as on any cluster node; the links are removed afterwards, and a machine that already
-has its own /etc/slurm/slurm.conf is refused rather than touched. The daemons run as root.
+has its own /etc/slurm/slurm.conf is refused rather than touched. A link left by a test cluster whose run was killed
+before it could remove it (its target gone, or a test cluster's conf whose slurmctld no longer runs) is replaced.
+The daemons run as root.
 """
 
 from __future__ import annotations
@@ -32,10 +34,36 @@ def missing_programs() -> list[str]:
     return [name for name in PROGRAMS if shutil.which(name) is None]
 
 
+CLUSTER_NAME = "vhumantest"
+
+
+def _process_alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def left_by_killed_test_cluster(conf: Path) -> bool:
+    """True for a link to a test cluster's conf that nothing serves any more: a killed run's leftover."""
+    if not conf.is_symlink():
+        return False
+    target = Path(os.readlink(conf))
+    if not target.exists():
+        return True
+    try:
+        text = target.read_text()
+    except OSError:
+        return False
+    ours = f"ClusterName={CLUSTER_NAME}" in text.splitlines()
+    return ours and not _process_alive(target.parent / "slurmctld.pid")
+
+
 def system_conf_in_use() -> bool:
     """True when this machine has a slurm.conf of its own, which the test cluster must not replace."""
     conf = SYSTEM_CONF_DIR / "slurm.conf"
-    return conf.exists() or conf.is_symlink()
+    return (conf.exists() or conf.is_symlink()) and not left_by_killed_test_cluster(conf)
 
 
 def _free_port() -> int:
@@ -46,7 +74,7 @@ def _free_port() -> int:
 
 def _slurm_conf(root: Path, host: str) -> str:
     return f"""\
-ClusterName=vhumantest
+ClusterName={CLUSTER_NAME}
 SlurmctldHost={host}(127.0.0.1)
 AuthType=auth/munge
 AuthInfo=socket={root}/munge/munge.socket

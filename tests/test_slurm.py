@@ -10,8 +10,10 @@ import yaml
 
 from tests.conftest import REPO
 from tests.slurm_cluster import (
+    CLUSTER_NAME,
     INSTALL_HINT,
     jobs_seen_by_squeue,
+    left_by_killed_test_cluster,
     missing_programs,
     one_node_cluster,
     system_conf_in_use,
@@ -154,3 +156,26 @@ def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):
     assert "rule finetune:" in proc.stdout
     local = yaml.safe_load((REPO / "profiles" / "local" / "config.yaml").read_text())
     assert "gpu=1" in local["resources"]
+
+
+def test_a_killed_test_clusters_link_is_told_from_a_machines_own_conf(tmp_path):
+    own = tmp_path / "own.conf"
+    own.write_text("ClusterName=site\n")
+    assert not left_by_killed_test_cluster(own), "a plain file is the machine's own"
+    link = tmp_path / "slurm.conf"
+    link.symlink_to(own)
+    assert not left_by_killed_test_cluster(link), "a link to another cluster's conf"
+
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    (cluster / "slurm.conf").write_text(f"ClusterName={CLUSTER_NAME}\n")
+    link.unlink()
+    link.symlink_to(cluster / "slurm.conf")
+    (cluster / "slurmctld.pid").write_text(f"{os.getpid()}\n")
+    assert not left_by_killed_test_cluster(link), "a test cluster whose slurmctld still runs"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cluster / "slurmctld.pid").write_text(f"{dead.pid}\n")
+    assert left_by_killed_test_cluster(link), "a test cluster whose slurmctld is gone"
+    shutil.rmtree(cluster)
+    assert left_by_killed_test_cluster(link), "a link whose target is gone"

@@ -10,7 +10,8 @@ from tests.conftest import REPO
 PACKAGE = REPO / "src" / "vhuman"
 # Lowest first. A module may import only modules of a lower layer.
 LAYERS = [
-    {"vocabulary", "atomic", "runtime", "latents", "webserver"},  # ground: words, atomic writes, devices, codes, pages
+    # ground: words, atomic writes, devices, codes, pages, ridge lines
+    {"vocabulary", "atomic", "runtime", "latents", "webserver", "ridge"},
     {"io"},  # files on disk: checkpoints, images, tables, rule logs
     # networks, renderer, report pictures, downloads, the IR reader, the judges, the results page, sharded stages
     {
@@ -39,7 +40,7 @@ LAYERS = [
     },  # stages 1 to 6a; judged control
     # stage 6b; the labelling grid's guesses (from the gender stage's CNN); the stand-in for the person who labels
     {"directions", "label_guesser", "hand_label_stand_in"},
-    {"conditional"},  # the conditional generator and its file
+    {"conditional", "layer_probe"},  # the conditional generator and its file; the directions' layers
     {"amortise"},  # stage 6c's second part: the closed loop amortised into the mapping
     {"finetune", "evaluation", "pictures"},  # stages 6c and 7
     {"studio"},  # the live control page of the fine-tuned generator

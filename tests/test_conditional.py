@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vhuman.conditional import ConditionalGenerator, ConditionalMapping
-from vhuman.directions import ClosedLoop, directions_layer_mask
+from vhuman.directions import ClosedLoop
+from vhuman.layer_probe import directions_layer_mask
 from vhuman.regressor import PropertyRegressor
 from vhuman.stylegan import StyleGANGenerator
 from vhuman.vocabulary import PROPERTY_NAMES

@@ -8,12 +8,14 @@ import torch
 from vhuman.directions import (
     ClosedLoop,
     DirectionsController,
-    direction_layers,
     fit_directions,
+    load_directions,
 )
+from vhuman.generate import latents_table
 from vhuman.generators import SYNTHETIC_LAYER_OF
 from vhuman.io import vectors_column
 from vhuman.latents import truncate
+from vhuman.layer_probe import direction_layers
 from vhuman.pictures import draw_conditions
 from vhuman.regressor import PropertyRegressor
 from vhuman.synthetic import PARAM_INDEX
@@ -184,7 +186,7 @@ def test_a_direction_the_data_could_not_fit_stays_still_and_the_others_still_lan
 
 
 def test_a_probe_by_groups_gives_each_layer_its_group_s_effect_and_skips_unprobed_rows():
-    from vhuman.directions import direction_layers
+    from vhuman.layer_probe import direction_layers
 
     weights = torch.eye(3, 4)  # three rows, each reading one coordinate of w
 
@@ -197,3 +199,20 @@ def test_a_probe_by_groups_gives_each_layer_its_group_s_effect_and_skips_unprobe
     assert effect[1].tolist() == pytest.approx([1, 1, 0, 0])
     assert effect[2].abs().sum() == 0 and mask[2].tolist() == [1, 1, 1, 1]  # not probed: every layer
     assert mask[0].tolist() == [0, 0, 1, 1]
+
+
+def test_the_directions_record_how_the_data_was_drawn_and_the_baseline_draws_so(base, world, tmp_path):
+    table, w, _ = world
+    latents = latents_table(list(table["image_id"]), range(len(table)), np.zeros((len(table), 512)), w.numpy(), 0.5, 2)
+    fitted = fit_directions(latents, table)
+    assert fitted["truncation"] == {"psi": 0.5, "layers": 2}
+    assert fit_directions(latents.replace_schema_metadata(None), table)["truncation"] == {"psi": 1.0, "layers": None}
+    torch.save(fitted, tmp_path / "directions.pth")
+    baseline = load_directions(tmp_path / "directions.pth", base)
+    loop = ClosedLoop(PropertyRegressor(width=8), fitted["weights"], fitted["fixed_targets"], steps=1, num_layers=6)
+    z, c = torch.randn(3, 512), torch.rand(3, 7)
+    with torch.no_grad():
+        codes = baseline.mapping(z, c)
+        assert torch.equal(baseline.wp(z, c), truncate(codes, base.w_avg, base.num_layers, 0.5, 2))
+        assert torch.equal(baseline.wp(z, c, psi=1.0), codes)
+        assert baseline.with_closed_loop(loop).truncation == baseline.truncation

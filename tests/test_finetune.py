@@ -122,3 +122,17 @@ def test_finetune_amortises_its_loop_when_asked(run_finetune, tmp_path, samples)
         assert (tmp_path / "work" / "amortise.json").exists()
     else:
         assert model.cond_mapping.latent_model is None and "amortise" not in saved
+
+
+def test_the_fine_tune_draws_as_the_data_was_drawn_and_its_file_keeps_drawing_so(run_finetune, base, directions):
+    truncated = {**directions, "truncation": {"psi": 0.6, "layers": 3}}
+    path = run_finetune(tiny_settings(), "truncated.pth", work="truncated", run_directions=truncated)
+    model = load_conditional_generator(path, closed_loop_steps=0)
+    assert model.truncation == {"psi": 0.6, "layers": 3}
+    z, c = torch.randn(2, 512), torch.rand(2, 7)
+    with torch.no_grad():
+        codes = model.mapping(z, c)
+        assert torch.equal(model.wp(z, c), truncate(codes, base.w_avg, base.num_layers, 0.6, 3))
+        assert torch.equal(model.wp(z, c, psi=1.0), truncate(codes, base.w_avg, base.num_layers))  # asked for
+    untruncated = load_conditional_generator(run_finetune(tiny_settings(), "plain.pth", work="plain"))
+    assert untruncated.truncation == {"psi": 1.0, "layers": None}

@@ -67,7 +67,9 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--properties", default="results/properties.parquet", help="table the unset values come from")
     ap.add_argument("--seeds", default="0-7", help=SEEDS_HELP)
     ap.add_argument("--out", default="results/controlled", help="output folder")
-    ap.add_argument("--psi", type=finite_float, default=1.0, help="truncation psi in [0, 1] (1: none)")
+    ap.add_argument(
+        "--psi", type=finite_float, help="truncation psi in [0, 1] (1: none; default: as the file's data was drawn)"
+    )
     ap.add_argument(
         "--closed-loop-steps",
         type=int,
@@ -87,7 +89,7 @@ def generate_main(argv=None) -> None:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         ap.error(f"--seeds: {exc}")
-    if not 0.0 <= args.psi <= 1.0:
+    if args.psi is not None and not 0.0 <= args.psi <= 1.0:
         ap.error(f"--psi must be in [0, 1], got {args.psi:g}")
     if args.closed_loop_steps is not None and not 0 <= args.closed_loop_steps <= 10:
         ap.error(f"--closed-loop-steps must be in 0..10, got {args.closed_loop_steps}")

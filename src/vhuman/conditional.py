@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from vhuman.directions import (
+    UNTRUNCATED,
     ClosedLoop,
     Controller,
     layer_mask_or_ones,
@@ -168,9 +169,11 @@ class ConditionalGenerator(Controller):
         mapping: ConditionalMapping,
         property_names=PROPERTY_NAMES,
         closed_loop: ClosedLoop | None = None,
+        truncation: dict | None = None,
     ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
+        self.truncation = dict(truncation or UNTRUNCATED)
         self.cond_mapping = mapping
         self.closed_loop = closed_loop
         self.property_names = tuple(property_names)
@@ -214,10 +217,13 @@ def save_conditional_generator(
     closed_loop: ClosedLoop | None,
     settings: dict,
     record: dict,
+    truncation: dict | None = None,
 ) -> dict:
-    """Write ``results/finetuned.pth``: everything needed to draw, with how it was made (``record``)."""
+    """Write ``results/finetuned.pth``: everything needed to draw (``truncation``: how it draws), with how it was
+    made (``record``)."""
     result = {
         "kind": KIND,
+        "truncation": dict(truncation or UNTRUNCATED),
         "property_names": list(PROPERTY_NAMES),
         "ranges": RANGES,
         "normalisation": {"mean": mapping.mean.tolist(), "std": mapping.std.tolist()},
@@ -278,9 +284,10 @@ def _conditional_generator(ckpt: dict, path: str | Path, closed_loop_steps: int 
         empty = torch.zeros(rows)
         mapping.attach_latent_model(LatentPropertyModel(base.num_layers, base.w_dim, hidden, empty, empty), 0)
     mapping.load_state_dict(state, strict=True)
-    return ConditionalGenerator(
-        base, mapping, ckpt["property_names"], closed_loop_from(ckpt, mapping, closed_loop_steps)
-    ).eval()
+    # Files from before the truncation was recorded trained at the fine-tune's psi on every layer.
+    truncation = ckpt.get("truncation") or {"psi": float(ckpt["settings"].get("truncation_psi", 1.0)), "layers": None}
+    loop = closed_loop_from(ckpt, mapping, closed_loop_steps)
+    return ConditionalGenerator(base, mapping, ckpt["property_names"], loop, truncation).eval()
 
 
 def closed_loop_from(ckpt: dict, mapping: ConditionalMapping, steps: int | None = None) -> ClosedLoop | None:

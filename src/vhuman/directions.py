@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from vhuman.io import column_vectors, load_torch_file
-from vhuman.latents import truncate
+from vhuman.latents import truncate, truncation_of
 from vhuman.regressor import PropertyRegressor
+from vhuman.ridge import RIDGE_GRID, cross_validated_ridge_line
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 
 
@@ -178,29 +178,45 @@ class ClosedLoop(nn.Module):
         }
 
 
+UNTRUNCATED = {"psi": 1.0, "layers": None}
+
+
 class Controller(nn.Module):
     """Something that turns (z, property vector) into per-layer codes and draws them with the frozen base
-    synthesis, optionally refined in closed loop. Subclasses set ``base``, ``num_layers`` and ``closed_loop`` (a
-    ClosedLoop or None) and define ``mapping(z, c)`` -> wp [N, L, w_dim] before truncation."""
+    synthesis, optionally refined in closed loop. Subclasses set ``base``, ``num_layers``, ``closed_loop`` (a
+    ClosedLoop or None) and ``truncation`` (``vhuman.latents.truncation_of``: how the data's faces were drawn,
+    which every drawing uses unless given another psi) and define ``mapping(z, c)`` -> wp [N, L, w_dim] before
+    truncation."""
+
+    truncation: dict = UNTRUNCATED
 
     @property
     def w_avg(self):
         return self.base.w_avg
 
-    def wp(self, z, c, psi=1.0, layers=None):
+    def drawing_truncation(self, psi: float | None, layers: int | None) -> tuple[float, int | None]:
+        """(psi, layers) to draw with: the controller's own unless ``psi`` is given (then on its own layers
+        unless ``layers`` is given too)."""
+        if psi is None:
+            return self.truncation["psi"], self.truncation["layers"]
+        return psi, self.truncation["layers"] if layers is None else layers
+
+    def wp(self, z, c, psi=None, layers=None):
+        psi, layers = self.drawing_truncation(psi, layers)
         wp = self.mapping(z, c)
         if self.closed_loop is not None and self.closed_loop.steps > 0:
             wp = self.closed_loop(wp, c, lambda v: self.draw(v, psi, layers))
         return truncate(wp, self.w_avg, self.num_layers, psi, layers)
 
-    def draw(self, wp, psi=1.0, layers=None):
+    def draw(self, wp, psi=None, layers=None):
         """Images of codes before truncation, as the closed loop sees them."""
+        psi, layers = self.drawing_truncation(psi, layers)
         return self.synthesis(truncate(wp, self.w_avg, self.num_layers, psi, layers))
 
     def synthesis(self, wp):
         return self.base.synthesis(wp)
 
-    def forward(self, z, c, psi=1.0):
+    def forward(self, z, c, psi=None):
         return self.synthesis(self.wp(z, c, psi))
 
 
@@ -222,9 +238,11 @@ class DirectionsController(Controller):
         fixed_targets: torch.Tensor | None = None,
         closed_loop: ClosedLoop | None = None,
         layer_mask: torch.Tensor | None = None,
+        truncation: dict | None = None,
     ):
         super().__init__()
         self.base = base.eval().requires_grad_(False)
+        self.truncation = dict(truncation or UNTRUNCATED)
         self.register_buffer("weights", weights.float())  # [P + H, w_dim]
         self.register_buffer("layer_mask", layer_mask_or_ones(layer_mask, len(weights), base.num_layers))
         self.register_buffer("bias", bias.float())
@@ -243,15 +261,8 @@ class DirectionsController(Controller):
     def with_closed_loop(self, closed_loop: ClosedLoop | None) -> DirectionsController:
         """The same baseline refined by another closed loop (its tensors shared, not copied or read again)."""
         return DirectionsController(
-            self.base, self.weights, self.bias, self.fixed_targets, closed_loop, self.layer_mask
+            self.base, self.weights, self.bias, self.fixed_targets, closed_loop, self.layer_mask, self.truncation
         ).eval()
-
-
-def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
-    w_mean, y_mean = w.mean(0), y.mean()
-    wc = w - w_mean
-    coef = np.linalg.solve(wc.T @ wc + ridge * len(w) * np.eye(w.shape[1]), wc.T @ (y - y_mean))
-    return coef, float(y_mean - coef @ w_mean)
 
 
 # The reach box: the 0.5th to 99.5th percentile of the data's linear readings, widened by half its width each
@@ -259,18 +270,22 @@ def _ridge_line(w: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray,
 REACH_MARGIN = 0.5
 
 
-def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | None = None, ridge: float = 1e-2) -> dict:
-    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid;
-    with ``labels`` (p_female of every generated image) also a gender row, whose target is 1 (female).
+def fit_directions(
+    latents, properties: pd.DataFrame, labels: pd.DataFrame | None = None, ridge_grid=RIDGE_GRID
+) -> dict:
+    """Per property, a ridge-regularised least-squares linear model property ~ w on the images where it is valid,
+    its ridge chosen from ``ridge_grid`` by cross-validation (``vhuman.ridge``; ``ridges`` in the result); with
+    ``labels`` (p_female of every generated image) also a gender row, whose target is 1 (female).
 
     Returns ``weights`` [P (+1), w_dim], ``bias`` and ``fixed_targets`` (the targets of the rows after the
-    properties), as tensors, ``rows`` (their names), and ``reach_low`` / ``reach_high``: the box of linear readings
-    the generated images' own codes fill.
+    properties), as tensors, ``rows`` (their names), ``reach_low`` / ``reach_high``: the box of linear readings
+    the generated images' own codes fill, and ``truncation``: how those images were drawn (the lines hold for
+    faces drawn so, and every controller built on them draws so).
     """
     ids = pd.DataFrame({"image_id": latents.column("image_id").to_pylist()}).reset_index()
     w_all = column_vectors(latents, "w").astype(np.float64)
     merged = ids.merge(properties, on="image_id")
-    weights, bias = [], []
+    weights, bias, ridges = [], [], []
     for name in PROPERTY_NAMES:
         valid = merged[f"{name}_valid"].fillna(False).astype(bool).to_numpy()
         if valid.sum() < 3:
@@ -280,17 +295,22 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
                 f"only {int(valid.sum())} images have a valid {name}: too few to fit a direction; it stays unset",
                 stacklevel=2,
             )
-            coef, b = np.zeros(w_all.shape[1]), float(np.mean(RANGES[name]))
+            coef, b, ridge = np.zeros(w_all.shape[1]), float(np.mean(RANGES[name])), float("nan")
         else:
-            coef, b = _ridge_line(w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(), ridge)
+            rows_w, values = w_all[merged["index"].to_numpy()[valid]], merged.loc[valid, name].to_numpy(np.float64)
+            coef, b, ridge = cross_validated_ridge_line(rows_w, values, ridge_grid)
         weights.append(coef)
         bias.append(b)
+        ridges.append(ridge)
     rows, fixed = list(PROPERTY_NAMES), []
     if labels is not None:
         gender = ids.merge(labels[["image_id", "p_female"]], on="image_id")
-        coef, b = _ridge_line(w_all[gender["index"].to_numpy()], gender["p_female"].to_numpy(np.float64), ridge)
+        coef, b, ridge = cross_validated_ridge_line(
+            w_all[gender["index"].to_numpy()], gender["p_female"].to_numpy(np.float64), ridge_grid
+        )
         weights.append(coef)
         bias.append(b)
+        ridges.append(ridge)
         rows.append("female")
         fixed.append(1.0)
     readings = w_all @ np.stack(weights).T + np.array(bias)  # every generated image's linear reading
@@ -302,79 +322,23 @@ def fit_directions(latents, properties: pd.DataFrame, labels: pd.DataFrame | Non
         "bias": torch.tensor(np.array(bias)),
         "fixed_targets": torch.tensor(fixed, dtype=torch.float64),
         "rows": rows,
+        "ridges": ridges,
         # Where the generator's own codes read: edits that leave this box leave W (see ConditionalMapping).
         "reach_low": torch.tensor(low - margin),
         "reach_high": torch.tensor(high + margin),
+        "truncation": truncation_of(latents.schema.metadata),
     }
-
-
-def direction_layers(
-    read,
-    w: torch.Tensor,
-    weights: torch.Tensor,
-    num_layers: int,
-    size: float = 0.25,
-    keep: float = 0.15,
-    groups: list[list[int]] | None = None,
-    probed_rows: int | None = None,
-    progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which layers each direction acts through: a mask [R, L] and the measured effects [R, L].
-
-    For each row r of ``weights`` and each layer, the move along row r that shifts its linear reading by ±``size``
-    is applied at that layer alone to the codes ``w`` [N, w_dim], and ``read(wp)`` [N, R] reads the result; the
-    effect is how far row r's reading moves per unit of the edit. A layer is kept for a row when its effect is at
-    least ``keep`` of that row's largest; an edit elsewhere would only move what the row does not measure (in
-    StyleGAN, colour lives in the fine layers and pose in the coarse ones). With ``groups`` (lists of layers)
-    the edit moves one group at a time and each layer of a group gets the group's effect; rows from
-    ``probed_rows`` on are not probed (effect 0: they keep every layer).
-    """
-    rows = len(weights)
-    groups = groups or [[layer] for layer in range(num_layers)]
-    effect = torch.zeros(rows, num_layers)
-    probed = rows if probed_rows is None else probed_rows
-    bar = tqdm(total=probed * len(groups), desc="directions: layer probe", unit="edit", disable=not progress)
-    for r in range(probed):
-        if not weights[r].abs().sum() > 0:
-            bar.update(len(groups))
-            continue  # a direction that could not be fitted moves nothing
-        coef = torch.zeros(len(w), rows, dtype=w.dtype, device=w.device)
-        coef[:, r] = size / weights[r].pow(2).sum()  # along row r alone: its linear reading moves by size
-        for group in groups:
-            bar.update()
-            only = torch.zeros(rows, num_layers, device=w.device)
-            only[r, group] = 1
-            step = layer_step(coef, weights, only)
-            with torch.inference_mode():
-                gain = read(w.unsqueeze(1) + step)[:, r] - read(w.unsqueeze(1) - step)[:, r]
-            effect[r, group] = (gain.mean() / (2 * size)).abs().float().cpu()
-    bar.close()
-    mask = (effect >= keep * effect.amax(dim=1, keepdim=True)) & (effect > 0)
-    mask[~mask.any(dim=1)] = True  # a row the reader cannot see at all keeps every layer
-    return mask.float(), effect
-
-
-def directions_layer_mask(
-    base: torch.nn.Module, critic, weights: torch.Tensor, probe_w: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``direction_layers`` with the critic as the reader, on the codes ``probe_w`` [N, w_dim]; rows after the
-    properties (the female row) keep every layer: a female look is hair, lips and brows as much as the face's
-    shape, and the critic's p(female), already near 1, shows too little of that to the probe."""
-
-    def read(wp):
-        return critic_reading(critic, base.synthesis(truncate(wp, base.w_avg, base.num_layers)), len(weights))
-
-    groups = getattr(base, "layer_groups", None)  # a generator whose codes work in groups is probed by group
-    mask, effect = direction_layers(
-        read, probe_w, weights, base.num_layers, groups=groups, probed_rows=len(PROPERTY_NAMES)
-    )
-    mask[len(PROPERTY_NAMES) :] = 1
-    return mask, effect
 
 
 def load_directions(path: str | Path, base: torch.nn.Module, closed_loop: ClosedLoop | None = None):
     """The baseline from ``results/directions/directions.pth``, optionally refined in closed loop."""
     ckpt = load_torch_file(path, what="latent directions")
     return DirectionsController(
-        base, ckpt["weights"], ckpt["bias"], ckpt.get("fixed_targets"), closed_loop, ckpt.get("layer_mask")
+        base,
+        ckpt["weights"],
+        ckpt["bias"],
+        ckpt.get("fixed_targets"),
+        closed_loop,
+        ckpt.get("layer_mask"),
+        ckpt.get("truncation"),  # files from before it was recorded: drawn untruncated, as then
     ).eval()

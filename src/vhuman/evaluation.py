@@ -107,12 +107,13 @@ def controllers_to_compare(finetuned_path, directions_path, device, measure=None
     if loop is None:
         return out  # nothing to open or share: the first two say it all
     names = finetuned.property_names
-    out["finetuned_open_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, loop.copy_with(0)).eval()
+    mapping, truncation = finetuned.cond_mapping, finetuned.truncation
+    out["finetuned_open_loop"] = ConditionalGenerator(base, mapping, names, loop.copy_with(0), truncation).eval()
     # The baseline with the fine-tune's own closed loop, so that the loop's share of the result shows.
     out["directions_closed_loop"] = directions.with_closed_loop(loop)
     if measure is not None:
         measured = loop.copy_with(loop.steps, measure)
-        out["finetuned_measured_loop"] = ConditionalGenerator(base, finetuned.cond_mapping, names, measured).eval()
+        out["finetuned_measured_loop"] = ConditionalGenerator(base, mapping, names, measured, truncation).eval()
         out["directions_measured_loop"] = directions.with_closed_loop(measured)
     return out
 

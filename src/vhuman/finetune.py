@@ -37,9 +37,9 @@ from vhuman.conditional import (
     discriminator_for,
     save_conditional_generator,
 )
+from vhuman.directions import UNTRUNCATED
 from vhuman.generators import Generator
 from vhuman.io import append_csv_row, load_torch_file, save_torch_atomic, write_json
-from vhuman.latents import truncate
 from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
 from vhuman.runtime import loss_scaler, scaled_step
@@ -63,7 +63,6 @@ class FinetuneSettings:
     r1_every: int
     ema_beta: float
     replace_probability: float
-    truncation_psi: float
     checkpoint_every: int
     log_every: int
     seed: int
@@ -173,7 +172,9 @@ class Finetune:
         self.mean, self.std = torch.tensor(values.mean(0)), torch.tensor(values.std(0) + 1e-6)
         self.real_c = torch.from_numpy(values)
         self.mapping = ConditionalMapping(base, len(PROPERTY_NAMES), self.mean, self.std, directions)
-        self.model = ConditionalGenerator(base, self.mapping).to(device)
+        # Faces are drawn as the data's were (the directions record it): the critic and the lines were fitted there.
+        self.truncation = dict((directions or {}).get("truncation") or UNTRUNCATED)
+        self.model = ConditionalGenerator(base, self.mapping, truncation=self.truncation).to(device)
         self.ema = copy.deepcopy(self.mapping).to(device).requires_grad_(False)
         self.disc = discriminator_for(base, base_checkpoint, len(PROPERTY_NAMES)).to(device)
         self.regressor = regressor.to(device).eval().requires_grad_(False)
@@ -189,6 +190,7 @@ class Finetune:
             {
                 **fingerprint_extra,
                 "n": len(self.real_c),
+                "truncation": self.truncation,
                 "learning_rates": [group["lr"] for group in groups],
                 "directions": None if directions is None else directions_fingerprint(directions),
                 # A state trained in another precision is another run (built inside the stage's autocast scope).
@@ -257,7 +259,7 @@ class Finetune:
         self.disc.requires_grad_(False)
         w = self.mapping(b.z, b.c)
         w_changed = self.mapping(b.z[:half], b.c_changed)
-        both = self.model.synthesis(truncate(torch.cat([w, w_changed]), base.w_avg, base.num_layers, s.truncation_psi))
+        both = self.model.draw(torch.cat([w, w_changed]))
         images = both[: len(w)]
         read, logit = self.regressor(both)
         wanted = torch.cat([b.c, b.c_changed])
@@ -304,10 +306,9 @@ class Finetune:
 
     def amortise(self, settings: AmortiseSettings, progress: bool) -> dict:
         """Teach the EMA mapping (the one saved) to do the closed loop's work without drawing."""
-        psi = self.settings.truncation_psi
         return amortise(
             self.ema,
-            lambda wp: self.model.draw(wp, psi),
+            self.model.draw,
             self.regressor,
             self.sampler,
             settings,
@@ -327,7 +328,7 @@ class Finetune:
                 reach=(self.ema.direction_bias.cpu(), self.ema.reach_low.cpu(), self.ema.reach_high.cpu()),
             )
         return save_conditional_generator(
-            out_path, self.base, self.ema, self.disc, closed_loop, asdict(self.settings), record
+            out_path, self.base, self.ema, self.disc, closed_loop, asdict(self.settings), record, self.truncation
         )
 
 

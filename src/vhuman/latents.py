@@ -21,3 +21,13 @@ def truncate(
         trunc = w_avg.view(1, 1, -1) + (wp[:, :cut] - w_avg.view(1, 1, -1)) * psi
         wp = torch.cat([trunc, wp[:, cut:]], dim=1)
     return wp
+
+
+def truncation_of(metadata: dict[bytes, bytes] | None) -> dict:
+    """How the generated images were drawn, from the latents table's metadata (``vhuman.generate.latents_table``):
+    ``{"psi": float, "layers": int | None}``. Every later drawing of the same codes uses it, so that an edit is
+    judged on the faces its properties were measured on. A table without it was drawn untruncated."""
+    metadata = metadata or {}
+    psi = float(metadata.get(b"truncation_psi", b"1.0").decode())
+    layers = metadata.get(b"truncation_layers", b"None").decode()
+    return {"psi": psi, "layers": None if layers == "None" else int(layers)}

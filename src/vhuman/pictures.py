@@ -29,7 +29,8 @@ def draw_conditions(values: dict[str, float], rows: np.ndarray, n: int, seed: in
 
 
 @torch.inference_mode()
-def render(controller, seeds: list[int], c: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+def render(controller, seeds: list[int], c: torch.Tensor, psi: float | None = None) -> torch.Tensor:
+    """Faces for ``seeds`` and requests ``c``, drawn with the controller's own truncation unless ``psi`` is given."""
     dev = next(controller.buffers()).device
     z = torch.stack([latent_for_seed(s, controller.z_dim) for s in seeds]).to(dev)
     return controller(z, c.to(dev), psi).cpu()

@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from vhuman.directions import (
-    UNTRUNCATED,
     ClosedLoop,
     Controller,
     layer_mask_or_ones,
@@ -30,6 +29,7 @@ from vhuman.discriminator import StyleGANDiscriminator
 from vhuman.generators import Generator, generator_from_record, generator_record
 from vhuman.genforce import discriminator_from_checkpoint
 from vhuman.io import CheckpointError, load_torch_file, save_torch_atomic
+from vhuman.latents import UNTRUNCATED
 from vhuman.regressor import PropertyRegressor
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
 

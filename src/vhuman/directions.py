@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from vhuman.io import column_vectors, load_torch_file
-from vhuman.latents import truncate, truncation_of
+from vhuman.latents import UNTRUNCATED, truncate, truncation_of
 from vhuman.regressor import PropertyRegressor
 from vhuman.ridge import RIDGE_GRID, cross_validated_ridge_line
 from vhuman.vocabulary import PROPERTY_NAMES, RANGES
@@ -176,9 +176,6 @@ class ClosedLoop(nn.Module):
             "critic": {"width": self.critic.width, "input_size": self.critic.input_size},
             "critic_state_dict": self.critic.state_dict(),
         }
-
-
-UNTRUNCATED = {"psi": 1.0, "layers": None}
 
 
 class Controller(nn.Module):

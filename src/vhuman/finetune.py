@@ -37,9 +37,9 @@ from vhuman.conditional import (
     discriminator_for,
     save_conditional_generator,
 )
-from vhuman.directions import UNTRUNCATED
 from vhuman.generators import Generator
 from vhuman.io import append_csv_row, load_torch_file, save_torch_atomic, write_json
+from vhuman.latents import UNTRUNCATED
 from vhuman.properties import property_matrix
 from vhuman.regressor import PropertyRegressor
 from vhuman.runtime import loss_scaler, scaled_step

@@ -23,11 +23,16 @@ def truncate(
     return wp
 
 
+# How codes are drawn when nothing says otherwise: every layer as it is (truncate with psi 1).
+UNTRUNCATED = {"psi": 1.0, "layers": None}
+
+
 def truncation_of(metadata: dict[bytes, bytes] | None) -> dict:
     """How the generated images were drawn, from the latents table's metadata (``vhuman.generate.latents_table``):
     ``{"psi": float, "layers": int | None}``. Every later drawing of the same codes uses it, so that an edit is
     judged on the faces its properties were measured on. A table without it was drawn untruncated."""
     metadata = metadata or {}
-    psi = float(metadata.get(b"truncation_psi", b"1.0").decode())
+    if b"truncation_psi" not in metadata:
+        return dict(UNTRUNCATED)
     layers = metadata.get(b"truncation_layers", b"None").decode()
-    return {"psi": psi, "layers": None if layers == "None" else int(layers)}
+    return {"psi": float(metadata[b"truncation_psi"].decode()), "layers": None if layers == "None" else int(layers)}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from vhuman.directions import UNTRUNCATED, critic_reading, layer_step
-from vhuman.latents import truncate
+from vhuman.directions import critic_reading, layer_step
+from vhuman.latents import UNTRUNCATED, truncate
 from vhuman.vocabulary import PROPERTY_NAMES
 
 

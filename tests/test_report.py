@@ -1,4 +1,7 @@
-from vhuman.report import animation_page_html, control_table_html, metrics_table_html
+import os
+
+from vhuman.report import animation_page_html, control_table_html, metrics_table_html, stage_times
+from vhuman.results_doc import stamp
 
 
 def test_metrics_table_flattens_nested_values_and_draws_record_lists():
@@ -39,3 +42,35 @@ def test_animation_page_embeds_the_gif(tmp_path):
     gif.write_bytes(b"GIF89a-not-really")
     page = animation_page_html(gif, "blink <eyes>")
     assert "data:image/gif;base64,R0lGODlhLW5vdC1yZWFsbHk=" in page and "blink &lt;eyes&gt;" in page
+
+
+def _benchmark(path, seconds, ended):
+    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:00\t100.0\n")
+    os.utime(path, (ended, ended))
+    return path
+
+
+def test_stage_times_span_the_first_rule_s_start_to_the_last_one_s_end(tmp_path):
+    files = {
+        "generate_shard/0": _benchmark(tmp_path / "g0.tsv", 100, 1_000_100),
+        "generate_shard/1": _benchmark(tmp_path / "g1.tsv", 50, 1_000_150),
+        "finetune": _benchmark(tmp_path / "f.tsv", 200, 1_000_400),
+    }
+    times = stage_times(files, "float32", {"commit": "abc", "configfiles": []})
+    assert times["total_seconds"] == 350
+    span = {"first_start": "1970-01-12T13:46:40Z", "last_end": "1970-01-12T13:53:20Z", "wall_seconds": 400}
+    assert times["span"] == span
+    assert [r["rule"] for r in times["rules"]] == ["finetune", "generate_shard"]
+    text = stamp({"stage_times.json": times})
+    assert "5.8 minutes summed over its rules, 6.7 minutes from its first rule's start" in text
+
+
+def test_a_resumed_run_s_span_shows_the_gap(tmp_path):
+    # the early stage kept from a day before: the span, not the rules' sum, says the run was not made in one go
+    files = {
+        "generate": _benchmark(tmp_path / "g.tsv", 60, 1_000_000),
+        "finetune": _benchmark(tmp_path / "f.tsv", 60, 1_086_400),
+    }
+    times = stage_times(files)
+    assert times["total_seconds"] == 120 and times["span"]["wall_seconds"] == 86_460
+    assert "from clean" not in stamp({"stage_times.json": {**times, "run": {}}})

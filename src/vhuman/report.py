@@ -247,7 +247,7 @@ def stage_times(
     """Snakemake's benchmark files (one per rule) as one table: wall seconds and peak memory per rule, and the sum
     (the DAG's total when its rules run one after another); ``precision`` is what the network stages computed in,
     ``origin`` the commit and config files the run was started from."""
-    rows = []
+    rows, spans = [], []
     for rule, path in benchmark_files.items():
         lines = Path(path).read_text().splitlines()
         header, values = lines[0].split("\t"), lines[-1].split("\t")
@@ -260,8 +260,31 @@ def stage_times(
                 return None  # Snakemake writes NA where it could not measure
 
         rows.append({"rule": rule, "seconds": number("s"), "max_rss_mb": number("max_rss")})
+        # Snakemake writes a rule's benchmark file when the rule ends: its time less the rule's seconds is the start.
+        ended = Path(path).stat().st_mtime
+        spans.append((ended - (rows[-1]["seconds"] or 0), ended))
     rows = joined_shards(rows)
     rows.sort(key=lambda r: -(r["seconds"] or 0))
     total = sum(r["seconds"] or 0 for r in rows)
     machine = {**machine_description(), **({"precision": precision} if precision else {})}
-    return {"machine": machine, **({"run": origin} if origin else {}), "total_seconds": round(total, 1), "rules": rows}
+    return {
+        "machine": machine,
+        **({"run": origin} if origin else {}),
+        "total_seconds": round(total, 1),
+        **({"span": run_span(spans)} if spans else {}),
+        "rules": rows,
+    }
+
+
+def run_span(spans: list[tuple[float, float]]) -> dict:
+    """From the first rule's start to the last one's end: the run's wall time when it ran in one go; a run that was
+    stopped and resumed, or whose early stages were kept from an older run, shows it as a span far longer than its
+    rules' seconds."""
+    from datetime import UTC, datetime
+
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+
+    def iso(t):
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {"first_start": iso(first), "last_end": iso(last), "wall_seconds": round(last - first, 1)}

@@ -85,10 +85,17 @@ def stamp(run: dict) -> str:
     machine, origin = times["machine"], times.get("run", {})
     configs = ", ".join(f"`{c}`" for c in origin.get("configfiles", [])) or "the embedded default"
     commit = origin.get("commit", "unknown")
+    span = times.get("span")
+    wall = (
+        f", {span['wall_seconds'] / 60:.1f} minutes from its first rule's start to its last rule's end "
+        f"({span['first_start']} to {span['last_end']})"
+        if span
+        else ""
+    )
     return (
-        f"One run of the whole DAG from clean: commit `{commit}`, configuration {configs}, on {machine['cpu']} "
+        f"One run of the whole DAG: commit `{commit}`, configuration {configs}, on {machine['cpu']} "
         f"({machine['cores']} cores, precision {machine.get('precision', 'unknown')}); "
-        f"{times['total_seconds'] / 60:.1f} minutes summed over its rules."
+        f"{times['total_seconds'] / 60:.1f} minutes summed over its rules{wall}."
     )
 
 

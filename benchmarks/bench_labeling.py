@@ -114,7 +114,7 @@ def grid_mode(browser, truth, slips, guesser, screenshot=None) -> int:
 
 def run(mode, args, truth) -> dict:
     folder = Path(tempfile.mkdtemp())
-    guesser = CNNGuess(args.images)
+    guesser = CNNGuess(args.images, latents=args.latents or None)
     server = serve(args.images, folder / "labels.csv", args.labels, port=0, guesser=guesser)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     slips = list(np.random.default_rng(args.seed).random(args.labels * 2) < args.slip_rate)
@@ -157,6 +157,9 @@ def main():
     ap.add_argument("--images", default="results/generated/images")
     ap.add_argument("--truth", default="results/generated/truth.parquet")
     ap.add_argument("--labels", type=int, default=2000, help="label the first N images")
+    ap.add_argument(
+        "--latents", default="results/generated/latents.parquet", help="w of every face for the grid's line ('': none)"
+    )
     ap.add_argument("--slip-rate", type=float, default=0.05, help="share of faces the person first gets wrong")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--modes", default="single,grid")

@@ -147,17 +147,25 @@ def label_main(argv=None) -> None:
         default="cnn",
         help="what pre-fills the grid: a CNN retrained on the labels so far (default) or the most common label",
     )
+    ap.add_argument(
+        "--latents",
+        help="the generate stage's latents table (default: latents.parquet beside the images folder): the grid's "
+        "guess adds a line in W fitted to the labels (the CNN alone where the file is missing)",
+    )
     args = ap.parse_args(argv)
     if args.first < 1:
         ap.error(f"--first must be at least 1, got {args.first}")
     if not 0 <= args.port <= 65535:
         ap.error(f"--port must be in 0..65535, got {args.port}")
-    guesser = None
+    note = None
     if args.guess == "cnn":
         from vhuman.label_guesser import CNNGuess  # torch only for the grid's model
 
-        guesser = CNNGuess(args.images)
+        latents = Path(args.latents or Path(args.images).parent / "latents.parquet")
+        if not latents.is_file():
+            note, latents = f"{latents} not found: the grid guesses with the CNN alone", None
     try:
+        guesser = CNNGuess(args.images, latents=latents) if args.guess == "cnn" else None
         server = serve(args.images, args.labels, args.first, args.host, args.port, guesser)
     except (FileNotFoundError, ValueError, OSError) as exc:
         sys.exit(f"vhuman-label: {exc}")
@@ -166,6 +174,8 @@ def label_main(argv=None) -> None:
         f"linked from it; Ctrl-C to stop; labels are saved on every key press to {args.labels})",
         flush=True,
     )
+    if note:
+        print(note, flush=True)
     serve_until_interrupted(server)
 
 

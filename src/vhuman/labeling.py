@@ -284,7 +284,7 @@ def make_handler(store: LabelStore, images_dir: Path):
             if url.path == "/api/state":
                 return self.send_json(store.state())
             if url.path == "/api/grid":
-                return self.send_json(store.grid(whole_number(query.get("count", ["16"])[0], "count", 1, 64)))
+                return self.send_json(store.grid(whole_number(query.get("count", ["30"])[0], "count", 1, 64)))
             m = re.fullmatch(r"/images/([0-9]{6})\.png", url.path)
             # Only ids of this dataset, and only files inside the image folder: no other path reaches the disk.
             path = file_inside(images_dir, f"{m.group(1)}.png") if m and m.group(1) in store.known else None

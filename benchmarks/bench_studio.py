@@ -6,6 +6,8 @@ default: ``results/finetuned.pth``, 64x64) and for a fine-tuned file at the real
 StyleGAN 256x256, critic at 128, latent model with 5 steps: random weights, built here).
 
     python benchmarks/bench_studio.py --checkpoint results/finetuned.pth
+    python benchmarks/bench_studio.py --checkpoint results/finetuned.pth --no-real-size --moves 10 \
+        --screenshot docs/images/studio_real.png   # a real-face run's file
 """
 
 import argparse
@@ -45,7 +47,7 @@ def random_real_size_checkpoint(path: Path) -> Path:
     return path
 
 
-def measure(checkpoint: Path, moves: int) -> dict:
+def measure(checkpoint: Path, moves: int, screenshot: str | None = None) -> dict:
     server = serve_studio(checkpoint, tempfile.mkdtemp(), port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     options = webdriver.ChromeOptions()
@@ -77,6 +79,10 @@ def measure(checkpoint: Path, moves: int) -> dict:
                 "p90_ms": round(float(np.percentile(page, 90)), 1),
                 "server_median_ms": round(float(np.median(server_ms)), 1),
             }
+        if screenshot:
+            browser.set_window_size(1300, 1000)
+            time.sleep(1)
+            browser.save_screenshot(screenshot)
     finally:
         browser.quit()
         server.shutdown()
@@ -89,8 +95,9 @@ def main():
     ap.add_argument("--moves", type=int, default=40, help="slider steps per loop mode")
     ap.add_argument("--no-real-size", action="store_true", help="skip the 256x256 random-weights file")
     ap.add_argument("--out", help="JSON file for the figures")
+    ap.add_argument("--screenshot", help="PNG of the page with the checkpoint's face, after the moves")
     args = ap.parse_args()
-    results = [measure(Path(args.checkpoint), args.moves)]
+    results = [measure(Path(args.checkpoint), args.moves, args.screenshot)]
     if not args.no_real_size:
         results.append(measure(random_real_size_checkpoint(Path(tempfile.mkdtemp()) / "real.pth"), args.moves))
     for r in results:

@@ -65,7 +65,6 @@ class CNNGuess:
         self.images_dir = Path(images_dir)
         self.steps, self.seed = steps, seed
         self.codes = latent_codes(latents) if latents is not None else None
-        self.model = None
         self.fitted: tuple = (None, None, "CNN")  # model, line, which guess: swapped whole, read by the page
         self.trained_on = 0
         self.tried_on = 0  # labels at the last retrain, failed or not: a failing one waits for more labels too
@@ -113,7 +112,7 @@ class CNNGuess:
                 held_out = LatentLine(w[train], targets[train])(w[val])
                 use = self._best(predict(model, images[val]), held_out, female[val])
                 line = LatentLine(w, targets)  # refitted on every label once the choice is made
-            self.fitted, self.model, self.trained_on, self.error = (model, line, use), model, len(ids), None
+            self.fitted, self.trained_on, self.error = (model, line, use), len(ids), None
         except Exception as exc:  # a failed retrain keeps the last model; the page shows why
             self.error = f"{type(exc).__name__}: {exc}"
         # Labels that came in while training may call for the next round.
@@ -156,9 +155,10 @@ class CNNGuess:
         }
 
     def _name(self) -> str:
-        if self.model is None:
+        model, _, use = self.fitted
+        if model is None:
             return "most common label so far"
-        return {"CNN": "gender CNN", "latent line": "line in W", "mean": "gender CNN and line in W"}[self.fitted[2]]
+        return {"CNN": "gender CNN", "latent line": "line in W", "mean": "gender CNN and line in W"}[use]
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the running retrain (if any) has finished (for scripts that stand in for a person)."""

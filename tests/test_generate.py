@@ -3,10 +3,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vhuman import synthetic, vocabulary
+from vhuman import synthetic
 from vhuman.generate import generate_images
 from vhuman.generators import SyntheticGenerator
-from vhuman.io import column_vectors, load_image, load_label_map
+from vhuman.io import column_vectors, load_image
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,6 @@ def generated(tmp_path_factory):
         batch_size=4,
         device="cpu",
         truth_path=out / "truth.parquet",
-        truth_masks_dir=out / "masks",
         progress=False,
     )
     return out
@@ -54,14 +53,12 @@ def test_one_image_redrawn_alone_from_its_seed_is_identical(generated, tmp_path)
     assert np.array_equal(z_alone, column_vectors(pq.read_table(generated / "latents.parquet"), "z")[3])
 
 
-def test_truth_table_and_masks(generated):
+def test_truth_table(generated):
     truth = pq.read_table(generated / "truth.parquet").to_pandas()
     assert list(truth.columns) == ["image_id", *synthetic.TRUTH_NAMES]
     assert len(truth) == 10 and truth["gender"].isin([0.0, 1.0]).all()
     assert truth["face_pose"].between(-1, 1).all() and truth["eyes"].between(0, 1).all()
-    mask = load_label_map(generated / "masks" / "000000.png")
-    assert mask.shape == (64, 64) and mask.max() < len(vocabulary.CLASS_NAMES)
-    assert {0, 1, 17} <= set(np.unique(mask).tolist())
+    assert sorted(p.name for p in generated.iterdir()) == ["images", "latents.parquet", "truth.parquet"]
     assert not list(generated.rglob(".*.tmp"))
 
 

@@ -4,7 +4,10 @@ import torch
 
 from tests.conftest import default_config
 from vhuman import segmentation
-from vhuman.io import CheckpointError, load_label_map, save_png, to_uint8
+from vhuman.generate import generate_images
+from vhuman.generators import SyntheticGenerator
+from vhuman.io import CheckpointError, load_label_map, save_png
+from vhuman.latents import latent_for_seed, truncate
 from vhuman.synthetic import render_faces, sample_face_params
 from vhuman.vocabulary import CLASS_ID, LABEL_PALETTE
 
@@ -62,20 +65,27 @@ def test_chunked_labels_are_the_argmax_of_the_whole_batchs_logits(parser_file):
 
 def test_segment_images_writes_palette_masks_at_the_mask_size(parser_file, tmp_path):
     path, _ = parser_file
-    with torch.inference_mode():
-        images = to_uint8(render_faces(sample_face_params(3, seed=5), 64).images)
+    generator = SyntheticGenerator(64, seed=0)
+    generate_images(generator, 3, 5, tmp_path / "images", tmp_path / "latents.parquet", device="cpu", progress=False)
     ids = ["000000", "000001", "000002"]
-    for i, img in zip(ids, images, strict=True):
-        save_png(img, tmp_path / "images" / f"{i}.png")
     parser = segmentation.Parser("world", path, 128, torch.device("cpu"))
     segmentation.segment_images(parser, tmp_path / "images", ids, tmp_path / "masks", batch_size=2, progress=False)
     mask = load_label_map(tmp_path / "masks" / "000001.png")
     assert mask.shape == (128, 128) and mask.max() < 19
-    truth = render_faces(sample_face_params(3, seed=5), 128, with_image=False).labels.numpy()
+    agreement = segmentation.agreement_with_rendered_truth(
+        tmp_path / "masks", generator, tmp_path / "latents.parquet", ids
+    )
+    assert agreement["images"] == 3 and agreement["pixel_accuracy"] > 0.8
+    # The truth drawn from the stored codes is the generator's own label map of each image, at the masks' size.
+    with torch.inference_mode():
+        wp = truncate(
+            generator.mapping(torch.stack([latent_for_seed(5 + i, 512) for i in range(3)])), generator.w_avg, 6
+        )
+        truth = generator.synthesis_with_truth(wp, 128).labels.numpy()
     for i in ids:
         save_png(truth[int(i)], tmp_path / "truth" / f"{i}.png", palette=LABEL_PALETTE)
-    agreement = segmentation.mask_agreement(tmp_path / "masks", tmp_path / "truth", ids)
-    assert agreement["images"] == 3 and agreement["pixel_accuracy"] > 0.8
+    exact = segmentation.agreement_with_rendered_truth(tmp_path / "truth", generator, tmp_path / "latents.parquet", ids)
+    assert exact["pixel_accuracy"] == 1.0 and exact["miou"] == 1.0
 
 
 def test_wrong_parser_files_fail_clearly(tmp_path):

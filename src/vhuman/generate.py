@@ -13,7 +13,6 @@ from vhuman import synthetic
 from vhuman.io import save_png, to_uint8, vectors_column, write_parquet_atomic
 from vhuman.latents import latent_for_seed, truncate
 from vhuman.runtime import pick_device
-from vhuman.vocabulary import LABEL_PALETTE
 
 
 def image_id(index: int) -> str:
@@ -46,8 +45,6 @@ def generate_images(
     batch_size: int = 64,
     device: str = "auto",
     truth_path: str | Path | None = None,
-    truth_masks_dir: str | Path | None = None,
-    mask_resolution: int | None = None,
     progress: bool = True,
     indices: range | None = None,
 ) -> None:
@@ -55,8 +52,8 @@ def generate_images(
     ``indices`` only (one shard: ``vhuman.shards.shard_range``).
 
     Image i uses seed ``base_seed + i``. With a synthetic generator and ``truth_path`` the exact truth of every
-    image (properties, gender, quality) and its label map (``truth_masks_dir``, at ``mask_resolution``) are
-    written too.
+    image (properties, gender, quality) is written too; its label maps are drawn from the same codes where they are
+    checked (``vhuman.segmentation.agreement_with_rendered_truth``), for the kept images only.
     """
     dev = pick_device(device)
     generator = generator.to(dev).eval()
@@ -65,8 +62,6 @@ def generate_images(
         raise ValueError("truth can only be written for the synthetic world's generator")
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
-    if truth_masks_dir is not None:
-        Path(truth_masks_dir).mkdir(parents=True, exist_ok=True)
     ids, seeds, zs, ws, truth_rows = [], [], [], [], {name: [] for name in synthetic.TRUTH_NAMES}
     indices = range(num_images) if indices is None else indices
     with torch.inference_mode():
@@ -77,20 +72,14 @@ def generate_images(
             w = generator.mapping(z)
             wp = truncate(w, generator.w_avg, generator.num_layers, truncation_psi, truncation_layers)
             if want_truth:
-                rendered = generator.synthesis_with_truth(wp, mask_resolution)
+                rendered = generator.synthesis_with_truth(wp)
                 images = rendered.images
                 for name in synthetic.TRUTH_NAMES:
                     truth_rows[name].append(rendered.truth[name].cpu().numpy())
             else:
                 images = generator.synthesis(wp)
-            for k, (i, rgb) in enumerate(zip(idx, to_uint8(images), strict=True)):
+            for i, rgb in zip(idx, to_uint8(images), strict=True):
                 save_png(rgb, images_dir / f"{image_id(i)}.png")
-                if want_truth and truth_masks_dir is not None:
-                    save_png(
-                        rendered.labels[k].cpu().numpy(),
-                        Path(truth_masks_dir) / f"{image_id(i)}.png",
-                        palette=LABEL_PALETTE,
-                    )
             ids.extend(image_id(i) for i in idx)
             seeds.extend(batch_seeds)
             zs.append(z.cpu().numpy())

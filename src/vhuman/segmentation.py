@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from vhuman import bisenet, synthetic
 from vhuman.io import (
     CheckpointError,
+    column_vectors,
     load_image,
     load_label_map,
     load_torch_file,
@@ -30,6 +32,7 @@ from vhuman.io import (
     save_torch_atomic,
     write_json,
 )
+from vhuman.latents import truncate, truncation_of
 from vhuman.runtime import loss_scaler, scaled_step
 from vhuman.vocabulary import CLASS_NAMES, LABEL_PALETTE
 
@@ -254,9 +257,23 @@ def segment_images(
             save_png(lab, masks_dir / f"{i}.png", palette=LABEL_PALETTE)
 
 
-def mask_agreement(masks_dir: str | Path, truth_dir: str | Path, image_ids: list[str]) -> dict:
-    """Mean IoU of stored masks against stored true label maps (same ids, same size)."""
+def agreement_with_rendered_truth(
+    masks_dir: str | Path, generator, latents_path: str | Path, image_ids: list[str], batch: int = 64
+) -> dict:
+    """Mean IoU of stored masks against the exact label maps that the synthetic world's ``generator`` renders at the
+    masks' size for the same images (their w from ``latents_path``, truncated as the table records). The truth maps
+    are drawn here for these images only, not stored for every generated one."""
+    table = pq.read_table(latents_path, columns=["image_id", "w"])
+    row = {image_id: k for k, image_id in enumerate(table.column("image_id").to_pylist())}
+    codes, cut = column_vectors(table, "w"), truncation_of(table.schema.metadata)
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    for i in image_ids:
-        conf += confusion(load_label_map(Path(masks_dir) / f"{i}.png"), load_label_map(Path(truth_dir) / f"{i}.png"))
+    for start in range(0, len(image_ids), batch):
+        ids = image_ids[start : start + batch]
+        masks = [load_label_map(Path(masks_dir) / f"{i}.png") for i in ids]
+        w = torch.from_numpy(codes[[row[i] for i in ids]])
+        with torch.inference_mode():
+            wp = truncate(w, generator.w_avg, generator.num_layers, cut["psi"], cut["layers"])
+            truth = generator.synthesis_with_truth(wp, masks[0].shape[-1]).labels.numpy()
+        for mask, true in zip(masks, truth, strict=True):
+            conf += confusion(mask, true)
     return {"images": len(image_ids), **iou_report(conf)}

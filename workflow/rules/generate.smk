@@ -13,7 +13,6 @@ rule generate_shard:
         images=temp(directory("results/generated/shards/{shard}/images")),
         latents=temp("results/generated/shards/{shard}/latents.parquet"),
         truth=(temp(["results/generated/shards/{shard}/truth.parquet"]) if SYNTHETIC else []),
-        truth_masks=([temp(directory("results/generated/shards/{shard}/truth_masks"))] if SYNTHETIC else []),
     wildcard_constraints:
         shard=r"\d+",
     params:
@@ -27,7 +26,6 @@ rule generate_shard:
         truncation_psi=config["generator"]["truncation_psi"],
         truncation_layers=config["generator"]["truncation_layers"],
         device=config["device"],
-        mask_resolution=config["segmentation"]["mask_resolution"],
     threads: 2
     resources:
         gpu=1,
@@ -44,14 +42,10 @@ rule generate:
         images=expand("results/generated/shards/{shard}/images", shard=GENERATE_SHARDS),
         latents=expand("results/generated/shards/{shard}/latents.parquet", shard=GENERATE_SHARDS),
         truth=expand("results/generated/shards/{shard}/truth.parquet", shard=GENERATE_SHARDS) if SYNTHETIC else [],
-        truth_masks=(
-            expand("results/generated/shards/{shard}/truth_masks", shard=GENERATE_SHARDS) if SYNTHETIC else []
-        ),
     output:
         images=directory("results/generated/images"),
         latents="results/generated/latents.parquet",
         truth=(["results/generated/truth.parquet"] if SYNTHETIC else []),
-        truth_masks=([directory("results/generated/truth_masks")] if SYNTHETIC else []),
     benchmark:
         "results/benchmarks/generate.tsv"
     log:

@@ -105,13 +105,21 @@ rule mask_examples:
 
 if SYNTHETIC:
 
+    # The kept images' true label maps are drawn here from their codes, not stored for all generated images.
     rule parser_truth_check:
         input:
             subset="results/subset/female.parquet",
             masks="results/segmentation/masks",
-            truth_masks="results/generated/truth_masks",
+            latents="results/generated/latents.parquet",
+            checkpoint=generator_checkpoint(),
         output:
             "results/segmentation/truth_check.json",
+        params:
+            kind=config["generator"]["kind"],
+            resolution=config["generator"]["resolution"],
+        threads: 2
+        resources:
+            gpu=1,
         benchmark:
             "results/benchmarks/parser_truth_check.tsv"
         log:

@@ -9,7 +9,7 @@ def as_list(item):
 # Joins a sharded stage's outputs: directories by name (images, masks, ...), tables concatenated in shard order.
 with logging_to(snakemake.log[0]):
     out, inp = snakemake.output, snakemake.input
-    dirs = [k for k in ("images", "truth_masks", "masks") if k in out.keys() and as_list(out[k])]
+    dirs = [k for k in ("images", "masks") if k in out.keys() and as_list(out[k])]
     tables = [k for k in ("latents", "truth") if k in out.keys() and as_list(out[k])]
     shards = len(as_list(inp[dirs[0]]))
     gather_shards(

@@ -21,7 +21,5 @@ with logging_to(snakemake.log[0]):
         batch_size=snakemake.params.batch_size,
         device=snakemake.params.device,
         truth_path=snakemake.output.truth[0] if synthetic else None,
-        truth_masks_dir=snakemake.output.truth_masks[0] if synthetic else None,
-        mask_resolution=snakemake.params.mask_resolution,
         indices=shard_range(snakemake.params.num_images, snakemake.params.shards, int(snakemake.wildcards.shard)),
     )

@@ -10,7 +10,7 @@ first variant is the yardstick. Every variant runs the stage's own package funct
 precision (float32 unless `--precision` says otherwise), and the figures that decide whether a cut is allowed are
 printed beside its time:
 - gender: gender and quality AUROC against the world's truth on the images without hand labels, and the female
-  subset's size and female precision at the config's thresholds;
+  subset's size, female precision and good-quality precision at the config's thresholds;
 - parser: mIoU on held-out renders, and Pearson r of the properties measured from its masks of the run's kept
   images against the truth (lowest and per property);
 - regressor: the critic's held-out r per property (lowest and per property).
@@ -64,6 +64,7 @@ def gender_stage(cfg, results, scratch):
         "quality AUROC": check["quality_auroc"],
         "subset images": check["subset_size"],
         "subset female precision": check["subset_female_precision"],
+        "subset good-quality precision": check["subset_good_quality_precision"],
     }
 
 

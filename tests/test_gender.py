@@ -88,16 +88,6 @@ def test_ensemble_labels_every_image(dataset):
     assert len(gender.load_ensemble(out / "cnn.pth")) == 2
 
 
-def test_the_first_stride_is_read_from_the_file(dataset, tmp_path):
-    out, *_ = dataset
-    ckpt = torch.load(out / "cnn.pth", weights_only=True)
-    assert ckpt["settings"]["first_stride"] == 2  # the embedded default's
-    assert gender.load_ensemble(out / "cnn.pth")[0].features[0][0].stride == (2, 2)
-    del ckpt["settings"]["first_stride"]  # a file from before it was a setting was trained at stride 1
-    torch.save(ckpt, tmp_path / "old.pth")
-    assert gender.load_ensemble(tmp_path / "old.pth")[0].features[0][0].stride == (1, 1)
-
-
 def test_in_memory_prediction_matches_files(dataset):
     out, ids, female, _ = dataset
     models = gender.load_ensemble(out / "cnn.pth")

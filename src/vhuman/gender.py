@@ -37,19 +37,16 @@ class ClassifierSettings:
     weight_decay: float
     width: int
     seed: int
-    first_stride: int
 
 
 class GenderQualityNet(nn.Module):
     """A small all-convolutional classifier with two logits: female and good quality."""
 
-    def __init__(self, width: int = 32, first_stride: int = 1):
+    def __init__(self, width: int = 32):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            # Its 3x3 windows read every pixel of the image and of its detail channels (blur shows in fine detail)
-            # at either stride; stride 2 keeps a quarter of the first layer's activations, the costliest ones.
-            Conv2dNormActivation(6, w, 3, stride=first_stride),
+            Conv2dNormActivation(6, w, 3, stride=1),  # full resolution: blur shows in fine detail
             Conv2dNormActivation(w, 2 * w, 3, stride=2),
             Conv2dNormActivation(2 * w, 2 * w, 3, stride=2),
             Conv2dNormActivation(2 * w, 4 * w, 3, stride=2),
@@ -116,7 +113,7 @@ def train_fold(
 ):
     torch.manual_seed(settings.seed * 100 + fold)
     gen = torch.Generator().manual_seed(settings.seed * 100 + fold)
-    model = GenderQualityNet(settings.width, settings.first_stride)
+    model = GenderQualityNet(settings.width)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     n_bad = float(((1 - good[train_idx]) * has_quality[train_idx]).sum())
     n_good = float((good[train_idx] * has_quality[train_idx]).sum())
@@ -278,8 +275,7 @@ def load_ensemble(path: str | Path) -> list[GenderQualityNet]:
     ckpt = load_torch_file(path, what="gender CNN ensemble")
     models = []
     for state in ckpt["folds"]:
-        # Files made before the first stride was a setting have stride 1.
-        model = GenderQualityNet(ckpt["settings"]["width"], ckpt["settings"].get("first_stride", 1))
+        model = GenderQualityNet(ckpt["settings"]["width"])
         model.load_state_dict(state, strict=True)
         models.append(fused_for_inference(model))  # folded once here: the ensemble only predicts
     return models

@@ -117,9 +117,7 @@ if SYNTHETIC:
         params:
             kind=config["generator"]["kind"],
             resolution=config["generator"]["resolution"],
-        threads: 2
-        resources:
-            gpu=1,
+        threads: 2  # the renderer, on the CPU
         benchmark:
             "results/benchmarks/parser_truth_check.tsv"
         log:

@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from vhuman.label_guesser import LatentLine, latent_codes
+from vhuman.io import latent_codes
+from vhuman.label_guesser import LatentLine
 from vhuman.labeling import read_labels
 
 

@@ -79,7 +79,9 @@ def test_segment_images_writes_palette_masks_at_the_mask_size(parser_file, tmp_p
     # The truth drawn from the stored codes is the generator's own label map of each image, at the masks' size.
     with torch.inference_mode():
         wp = truncate(
-            generator.mapping(torch.stack([latent_for_seed(5 + i, 512) for i in range(3)])), generator.w_avg, 6
+            generator.mapping(torch.stack([latent_for_seed(5 + i, generator.z_dim) for i in range(3)])),
+            generator.w_avg,
+            generator.num_layers,
         )
         truth = generator.synthesis_with_truth(wp, 128).labels.numpy()
     for i in ids:

@@ -134,6 +134,18 @@ def column_vectors(table: pa.Table, name: str) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
 
 
+def latent_codes(latents_path: str | Path) -> dict[str, np.ndarray]:
+    """image id -> w from the generate stage's latents table."""
+    try:
+        table = pq.read_table(latents_path, columns=["image_id", "w"])
+        return dict(zip(table.column("image_id").to_pylist(), column_vectors(table, "w"), strict=True))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"{latents_path}: not a latents table with image_id and w ({exc}); rerun "
+            "`snakemake results/generated/latents.parquet`"
+        ) from None
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -16,11 +16,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from vhuman.gender import ClassifierSettings, predict, train_fold
-from vhuman.io import column_vectors, load_image_batch
+from vhuman.io import latent_codes, load_image_batch
 from vhuman.labeling import MajorityGuess
 from vhuman.runtime import fused_for_inference
 
@@ -28,18 +27,6 @@ INPUT_SIZE = 64
 MIN_LABELS = 40
 BATCH = 32
 GUESSES = ("CNN", "latent line", "mean")
-
-
-def latent_codes(latents_path: str | Path) -> dict[str, np.ndarray]:
-    """image id -> w from the generate stage's latents table."""
-    try:
-        table = pq.read_table(latents_path, columns=["image_id", "w"])
-        return dict(zip(table.column("image_id").to_pylist(), column_vectors(table, "w"), strict=True))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(
-            f"{latents_path}: not a latents table with image_id and w ({exc}); rerun "
-            "`snakemake results/generated/latents.parquet`, or pass --guess majority"
-        ) from None
 
 
 class LatentLine:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vhuman import bisenet, synthetic
 from vhuman.io import (
     CheckpointError,
-    column_vectors,
+    latent_codes,
     load_image,
     load_label_map,
     load_torch_file,
@@ -263,14 +263,12 @@ def agreement_with_rendered_truth(
     """Mean IoU of stored masks against the exact label maps that the synthetic world's ``generator`` renders at the
     masks' size for the same images (their w from ``latents_path``, truncated as the table records). The truth maps
     are drawn here for these images only, not stored for every generated one."""
-    table = pq.read_table(latents_path, columns=["image_id", "w"])
-    row = {image_id: k for k, image_id in enumerate(table.column("image_id").to_pylist())}
-    codes, cut = column_vectors(table, "w"), truncation_of(table.schema.metadata)
+    codes, cut = latent_codes(latents_path), truncation_of(pq.read_schema(latents_path).metadata)
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for start in range(0, len(image_ids), batch):
         ids = image_ids[start : start + batch]
         masks = [load_label_map(Path(masks_dir) / f"{i}.png") for i in ids]
-        w = torch.from_numpy(codes[[row[i] for i in ids]])
+        w = torch.from_numpy(np.stack([codes[i] for i in ids]))
         with torch.inference_mode():
             wp = truncate(w, generator.w_avg, generator.num_layers, cut["psi"], cut["layers"])
             truth = generator.synthesis_with_truth(wp, masks[0].shape[-1]).labels.numpy()

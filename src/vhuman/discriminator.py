@@ -105,7 +105,9 @@ class StyleGANDiscriminator(nn.Module):
         """Activations before the last dense layer (nf(2) per sample), for projection conditioning."""
         if float(self.lod) != 0.0:
             raise ValueError(f"lod is {float(self.lod)}: only fully grown discriminators (lod 0) are supported")
-        x = self.input0(image)
+        # Channels-last: the blur's depthwise convolutions are several times faster there on the CPU (the fine-tune's
+        # discriminator pass 1.2x faster in float32), the same function.
+        x = self.input0(image.contiguous(memory_format=torch.channels_last))
         last = self.num_blocks - 1
         for b in range(last):
             x = getattr(self, f"layer{2 * b + 1}")(getattr(self, f"layer{2 * b}")(x))

@@ -147,3 +147,23 @@ def test_batch_norm_folded_into_the_convolutions_predicts_the_same():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     np.testing.assert_allclose(gender.predict(fused, images), expected, rtol=1e-5, atol=1e-6)
     assert not model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # left as it was
+
+
+def test_the_ensemble_file_says_whether_predictions_average_the_mirror(dataset, tmp_path):
+    out, _, _, _ = dataset
+    saved = torch.load(out / "cnn.pth", weights_only=False)
+    images = (torch.rand(5, 3, 64, 64) * 255).to(torch.uint8)
+    x = images.float() / 127.5 - 1
+    for mirror in (True, False):
+        path = tmp_path / f"mirror_{mirror}.pth"
+        torch.save({**saved, "settings": saved["settings"] | {"mirror_at_inference": mirror}}, path)
+        model = gender.load_ensemble(path)[0]
+        assert model.mirror_at_inference is mirror
+        with torch.inference_mode():
+            logits = model(x)
+            if mirror:
+                logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        np.testing.assert_allclose(gender.predict(model, images), torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
+    older = tmp_path / "older.pth"  # written before the setting existed: it mirrored
+    torch.save({**saved, "settings": {k: v for k, v in saved["settings"].items() if k != "mirror_at_inference"}}, older)
+    assert gender.load_ensemble(older)[0].mirror_at_inference is True

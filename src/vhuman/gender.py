@@ -37,6 +37,7 @@ class ClassifierSettings:
     weight_decay: float
     width: int
     seed: int
+    mirror_at_inference: bool
 
 
 class GenderQualityNet(nn.Module):
@@ -57,6 +58,9 @@ class GenderQualityNet(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(16 * 4 * w, 2))
         # Set after training: undoes the class weighting so that outputs are calibrated probabilities.
         self.register_buffer("logit_shift", torch.zeros(2))
+        # Predict as the mean of the image and its mirror (gender and quality do not depend on the side): twice the
+        # inference for a little steadiness. The ensemble's file records the choice (ClassifierSettings).
+        self.mirror_at_inference = True
 
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)  # ~1.6x faster convolutions on the CPU, same function
@@ -102,8 +106,9 @@ def predict(model, images, batch_size=256) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = _to_input(images[start : start + batch_size])
-            # Average with the mirror image: gender and quality do not depend on the side.
-            logits = (model(x) + model(torch.flip(x, dims=[3]))) / 2
+            logits = model(x)
+            if getattr(model, "mirror_at_inference", True):
+                logits = (logits + model(torch.flip(x, dims=[3]))) / 2
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
@@ -223,6 +228,7 @@ def train_and_label(
     for k in tqdm(range(settings.folds), desc="gender folds", disable=not progress):
         train_idx, val_idx = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         model, hist = train_fold(images, female, good, has_quality, train_idx, val_idx, settings, k, log)
+        model.mirror_at_inference = settings.mirror_at_inference
         oof[val_idx] = predict(fused_for_inference(model), images[val_idx])
         states.append(model.state_dict())
         history += hist
@@ -277,6 +283,7 @@ def load_ensemble(path: str | Path) -> list[GenderQualityNet]:
     for state in ckpt["folds"]:
         model = GenderQualityNet(ckpt["settings"]["width"])
         model.load_state_dict(state, strict=True)
+        model.mirror_at_inference = ckpt["settings"].get("mirror_at_inference", True)  # older files mirrored
         models.append(fused_for_inference(model))  # folded once here: the ensemble only predicts
     return models
 

@@ -168,3 +168,24 @@ def test_sweeps_run_between_the_data_s_percentiles_where_the_config_asks(base, w
     k = PROPERTY_NAMES.index("hair_color")
     swept = requests[k * 6 : (k + 1) * 6, k]
     assert swept.min().item() == pytest.approx(0.22) and swept.max().item() == pytest.approx(0.58)
+
+
+def test_the_female_rate_reads_every_kth_face_of_the_whole_sweep_across_batches(base, world):
+    rows = world[0][list(PROPERTY_NAMES)].to_numpy(np.float32)
+    model = ConditionalGenerator(base, ConditionalMapping(base, 7, torch.zeros(7), torch.ones(7)))
+    brightness = []
+
+    def female(images):  # "female" where the face is brighter than the middle: a value that differs per face
+        brightness.append(images.flatten(1).mean(1))
+        return (brightness[-1] > 0).numpy()
+
+    every = evaluate(model, rows, num_z=2, levels=3, seed=0, progress=False, female_rate=female, batch=5)
+    all_faces = torch.cat(brightness)
+    brightness.clear()
+    third = evaluate(
+        model, rows, num_z=2, levels=3, female_rate=female, female_rate_every=3, seed=0, batch=5, progress=False
+    )
+    assert every["female_rate_faces"] == 42 and third["female_rate_faces"] == 14  # 7 properties x 2 z x 3 levels
+    torch.testing.assert_close(torch.cat(brightness), all_faces[::3])  # batches of 5 do not shift the stride
+    assert third["female_rate"] == pytest.approx(float((all_faces[::3] > 0).float().mean()))
+    assert every["female_rate"] == pytest.approx(float((all_faces > 0).float().mean()))

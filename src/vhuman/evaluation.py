@@ -176,6 +176,7 @@ def evaluate(
     seed: int,
     measure_images=None,
     female_rate=None,
+    female_rate_every: int = 1,
     with_truth: bool = False,
     batch: int = 64,
     progress: bool = True,
@@ -186,7 +187,8 @@ def evaluate(
     """Sweep each property over ``levels`` values for ``num_z`` random z, the others drawn once per z from data.
     ``bounds`` (``sweep_bounds``) are where each sweep runs, each property's whole range by default;
     ``judge_images`` (images -> one vhuman.judges.Verdict each) adds the independent judges' view, and with
-    ``reference_descriptors`` (the base generator's faces) their Fréchet distance in dlib's descriptor space."""
+    ``reference_descriptors`` (the base generator's faces) their Fréchet distance in dlib's descriptor space.
+    ``female_rate`` reads every ``female_rate_every``-th face only (one mean over thousands needs no more)."""
     bounds = bounds or {name: RANGES[name] for name in PROPERTY_NAMES}
     rng = np.random.default_rng(seed)
     z_all = torch.randn(num_z, controller.z_dim, generator=torch.Generator().manual_seed(seed))
@@ -214,8 +216,9 @@ def evaluate(
             truth.append(truth_of(controller, wp))
         if measure_images is not None:
             parsed.append(measure_images(images))
-        if female_rate is not None:
-            female.append(female_rate(images))
+        read = images[(-s) % female_rate_every :: female_rate_every]  # faces 0, k, 2k... of the whole sweep
+        if female_rate is not None and len(read):
+            female.append(female_rate(read))
         if judge_images is not None:
             verdicts += judge_images(images)
     result = {"num_z": num_z, "levels": levels, "images": len(requested), "cost_per_face": drawing_cost(controller)}
@@ -232,7 +235,8 @@ def evaluate(
     if parsed:
         result["parser"] = control_metrics(requested, np.concatenate(parsed), swept, z_index)
     if female:
-        result["female_rate"] = float(np.mean(np.concatenate(female)))
+        female = np.concatenate(female)
+        result["female_rate"], result["female_rate_faces"] = float(np.mean(female)), len(female)
     if judge_images is not None:
         result["judges"] = judged_control(verdicts, requested, swept, z_index, reference_descriptors)
     return result

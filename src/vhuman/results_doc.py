@@ -146,7 +146,9 @@ def control_section(control: dict) -> list[str]:
         cost = ", ".join(f"{v} {COST_WORDS[k][v != 1]}" for k, v in variant["cost_per_face"].items() if v)
         lines += [f"### {title}", "", f"Per face: {cost}. Measured by the {by}.", ""]
         lines += control_table(variant, by) + [""]
-        rates = [f"female rate by the gender CNN {fmt(variant.get('female_rate'))}"]
+        faces = variant.get("female_rate_faces", variant["images"])
+        read = f" (on {faces:,} of the {variant['images']:,} faces)" if faces < variant["images"] else ""
+        rates = [f"female rate by the gender CNN{read} {fmt(variant.get('female_rate'))}"]
         if "female_rate_truth" in variant:
             rates.append(f"by the world's truth {fmt(variant['female_rate_truth'])}")
         if by == "truth" and "parser" in variant:

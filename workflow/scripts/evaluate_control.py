@@ -47,6 +47,7 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
             settings["seed"],
             measure_images=measure,
             female_rate=female,
+            female_rate_every=settings["female_rate_every"],
             with_truth=snakemake.params.with_truth,
             judge_images=judge,
             bounds=bounds,

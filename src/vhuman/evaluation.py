@@ -216,9 +216,10 @@ def evaluate(
             truth.append(truth_of(controller, wp))
         if measure_images is not None:
             parsed.append(measure_images(images))
-        read = images[(-s) % female_rate_every :: female_rate_every]  # faces 0, k, 2k... of the whole sweep
-        if female_rate is not None and len(read):
-            female.append(female_rate(read))
+        if female_rate is not None:
+            read = images[(-s) % female_rate_every :: female_rate_every]  # faces 0, k, 2k... of the whole sweep
+            if len(read):
+                female.append(female_rate(read))
         if judge_images is not None:
             verdicts += judge_images(images)
     result = {"num_z": num_z, "levels": levels, "images": len(requested), "cost_per_face": drawing_cost(controller)}

@@ -43,7 +43,7 @@ class ClassifierSettings:
 class GenderQualityNet(nn.Module):
     """A small all-convolutional classifier with two logits: female and good quality."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, mirror_at_inference: bool = True):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -60,7 +60,7 @@ class GenderQualityNet(nn.Module):
         self.register_buffer("logit_shift", torch.zeros(2))
         # Predict as the mean of the image and its mirror (gender and quality do not depend on the side): twice the
         # inference for a little steadiness. The ensemble's file records the choice (ClassifierSettings).
-        self.mirror_at_inference = True
+        self.mirror_at_inference = mirror_at_inference
 
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)  # ~1.6x faster convolutions on the CPU, same function
@@ -107,7 +107,7 @@ def predict(model, images, batch_size=256) -> np.ndarray:
         for start in range(0, len(images), batch_size):
             x = _to_input(images[start : start + batch_size])
             logits = model(x)
-            if getattr(model, "mirror_at_inference", True):
+            if model.mirror_at_inference:
                 logits = (logits + model(torch.flip(x, dims=[3]))) / 2
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
@@ -118,7 +118,7 @@ def train_fold(
 ):
     torch.manual_seed(settings.seed * 100 + fold)
     gen = torch.Generator().manual_seed(settings.seed * 100 + fold)
-    model = GenderQualityNet(settings.width)
+    model = GenderQualityNet(settings.width, settings.mirror_at_inference)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     n_bad = float(((1 - good[train_idx]) * has_quality[train_idx]).sum())
     n_good = float((good[train_idx] * has_quality[train_idx]).sum())
@@ -228,7 +228,6 @@ def train_and_label(
     for k in tqdm(range(settings.folds), desc="gender folds", disable=not progress):
         train_idx, val_idx = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         model, hist = train_fold(images, female, good, has_quality, train_idx, val_idx, settings, k, log)
-        model.mirror_at_inference = settings.mirror_at_inference
         oof[val_idx] = predict(fused_for_inference(model), images[val_idx])
         states.append(model.state_dict())
         history += hist
@@ -281,9 +280,9 @@ def load_ensemble(path: str | Path) -> list[GenderQualityNet]:
     ckpt = load_torch_file(path, what="gender CNN ensemble")
     models = []
     for state in ckpt["folds"]:
-        model = GenderQualityNet(ckpt["settings"]["width"])
+        # Files written before the setting existed mirrored.
+        model = GenderQualityNet(ckpt["settings"]["width"], ckpt["settings"].get("mirror_at_inference", True))
         model.load_state_dict(state, strict=True)
-        model.mirror_at_inference = ckpt["settings"].get("mirror_at_inference", True)  # older files mirrored
         models.append(fused_for_inference(model))  # folded once here: the ensemble only predicts
     return models
 

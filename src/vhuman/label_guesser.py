@@ -90,7 +90,9 @@ class CNNGuess:
             val = np.arange(len(ids))[7::8]  # every eighth label picks the best epoch
             train = np.setdiff1d(np.arange(len(ids)), val)
             epochs = max(1, round(self.steps / -(-len(train) // BATCH)))
-            settings = ClassifierSettings(INPUT_SIZE, 1, epochs, epochs, BATCH, 0.003, 1e-4, 16, self.seed, True)
+            settings = ClassifierSettings(
+                INPUT_SIZE, 1, epochs, epochs, BATCH, 0.003, 1e-4, 16, self.seed, mirror_at_inference=True
+            )
             model, _ = train_fold(images, female, good, torch.ones_like(good), train, val, settings, fold=0)
             model = fused_for_inference(model)
             line, use = None, "CNN"

@@ -189,3 +189,23 @@ def test_the_female_rate_reads_every_kth_face_of_the_whole_sweep_across_batches(
     torch.testing.assert_close(torch.cat(brightness), all_faces[::3])  # batches of 5 do not shift the stride
     assert third["female_rate"] == pytest.approx(float((all_faces[::3] > 0).float().mean()))
     assert every["female_rate"] == pytest.approx(float((all_faces > 0).float().mean()))
+
+
+def test_each_sweep_moves_only_its_property_and_keeps_one_z_and_one_draw_of_the_others():
+    from vhuman.evaluation import sweep_requests
+
+    rows = np.random.default_rng(1).uniform(0, 1, (50, len(PROPERTY_NAMES))).astype(np.float32)
+    bounds = {n: (0.1 * i, 0.1 * i + 0.5) for i, n in enumerate(PROPERTY_NAMES)}
+    z, requested, z_index, swept = sweep_requests(rows, num_z=3, levels=4, seed=7, bounds=bounds, z_dim=5)
+    assert z.shape == (3, 5) and requested.shape == (len(PROPERTY_NAMES) * 12, len(PROPERTY_NAMES))
+    for k, name in enumerate(PROPERTY_NAMES):
+        for zi in range(3):
+            faces = requested[(swept == k) & (z_index == zi)]
+            np.testing.assert_allclose(faces[:, k], np.linspace(*bounds[name], 4), rtol=1e-6)
+            others = np.delete(faces, k, axis=1)
+            assert (others == others[0]).all()  # the other properties stay as drawn for this z
+            base = np.delete(requested[(swept == 0) & (z_index == zi)][0], [0, k])
+            np.testing.assert_array_equal(np.delete(faces[0], [0, k]), base)  # the same draw in every sweep
+    again = sweep_requests(rows, num_z=3, levels=4, seed=7, bounds=bounds, z_dim=5)
+    torch.testing.assert_close(again[0], z)
+    np.testing.assert_array_equal(again[1], requested)

@@ -168,6 +168,28 @@ def sweep_bounds(table, percentiles: list[float] | None) -> dict[str, tuple[floa
     return bounds
 
 
+def sweep_requests(
+    rows: np.ndarray, num_z: int, levels: int, seed: int, bounds: dict[str, tuple[float, float]], z_dim: int
+):
+    """The sweeps ``evaluate`` draws: ``num_z`` random z, each with the other properties drawn once from ``rows``
+    (the data's property vectors), and each property set to ``levels`` values from one end of its ``bounds`` to
+    the other. Returns z [num_z, z_dim] and, per face, its request [F, P], z index [F] and swept property [F]."""
+    rng = np.random.default_rng(seed)
+    z_all = torch.randn(num_z, z_dim, generator=torch.Generator().manual_seed(seed))
+    base_c = rows[rng.integers(0, len(rows), num_z)]
+    requested, z_index, swept = [], [], []
+    for k, name in enumerate(PROPERTY_NAMES):
+        lo, hi = bounds[name]
+        for zi in range(num_z):
+            for level in np.linspace(lo, hi, levels):
+                c = base_c[zi].copy()
+                c[k] = level
+                requested.append(c)
+                z_index.append(zi)
+                swept.append(k)
+    return z_all, np.array(requested, np.float32), np.array(z_index), np.array(swept)
+
+
 def evaluate(
     controller,
     rows: np.ndarray,
@@ -190,20 +212,7 @@ def evaluate(
     ``reference_descriptors`` (the base generator's faces) their Fréchet distance in dlib's descriptor space.
     ``female_rate`` reads every ``female_rate_every``-th face only (one mean over thousands needs no more)."""
     bounds = bounds or {name: RANGES[name] for name in PROPERTY_NAMES}
-    rng = np.random.default_rng(seed)
-    z_all = torch.randn(num_z, controller.z_dim, generator=torch.Generator().manual_seed(seed))
-    base_c = rows[rng.integers(0, len(rows), num_z)]
-    requested, z_index, swept = [], [], []
-    for k, name in enumerate(PROPERTY_NAMES):
-        lo, hi = bounds[name]
-        for zi in range(num_z):
-            for level in np.linspace(lo, hi, levels):
-                c = base_c[zi].copy()
-                c[k] = level
-                requested.append(c)
-                z_index.append(zi)
-                swept.append(k)
-    requested, z_index, swept = np.array(requested, np.float32), np.array(z_index), np.array(swept)
+    z_all, requested, z_index, swept = sweep_requests(rows, num_z, levels, seed, bounds, controller.z_dim)
     dev = next(controller.buffers()).device
     truth, parsed, female, verdicts = [], [], [], []
     for s in tqdm(range(0, len(requested), batch), desc="evaluate", disable=not progress):

@@ -48,7 +48,7 @@ class Measurement:
         if images is not self.images:
             pixels = to_uint8(images)
             table = measure_properties(self.parser(pixels), pixels)
-            self.images, self.values = images, torch.from_numpy(table[list(PROPERTY_NAMES)].to_numpy(np.float32))
+            self.images, self.values = images, torch.from_numpy(table[list(PROPERTY_NAMES)].to_numpy(np.float32).copy())
         return self.values
 
 

@@ -27,9 +27,8 @@ import torch
 import yaml
 
 from vhuman.directions import linear_reading
-from vhuman.evaluation import agreement, controllers_to_compare, sweep_bounds, sweep_requests
-from vhuman.io import to_uint8
-from vhuman.properties import measure_properties, property_matrix
+from vhuman.evaluation import agreement, controllers_to_compare, measured_properties, sweep_bounds, sweep_requests
+from vhuman.properties import property_matrix
 from vhuman.runtime import precision_scope
 from vhuman.segmentation import Parser
 from vhuman.vocabulary import PROPERTY_NAMES
@@ -46,9 +45,8 @@ class Measurement:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images is not self.images:
-            pixels = to_uint8(images)
-            table = measure_properties(self.parser(pixels), pixels)
-            self.images, self.values = images, torch.from_numpy(table[list(PROPERTY_NAMES)].to_numpy(np.float32).copy())
+            values = measured_properties(self.parser, images).astype(np.float32)
+            self.images, self.values = images, torch.from_numpy(values)
         return self.values
 
 
@@ -57,9 +55,9 @@ def held_back(loop, wp: torch.Tensor, origin: torch.Tensor, k: int) -> np.ndarra
     if loop.reach is None:  # a loop without a box holds nothing back
         return np.zeros(len(wp), bool)
     bias, low, high = loop.reach
+    tol = 1e-4 * float(high[k] - low[k])
     reading = linear_reading(wp, loop.weights, bias, loop.layer_mask)[:, k]
     low, high = torch.minimum(low[k], origin[:, k]), torch.maximum(high[k], origin[:, k])
-    tol = 1e-4 * float(loop.reach[2][k] - loop.reach[1][k])
     return ((reading - low).abs() <= tol).numpy() | ((reading - high).abs() <= tol).numpy()
 
 
@@ -68,8 +66,7 @@ def trace_batch(controller, loop, measure, z, c, k):
     values, flags = [], []
     with torch.inference_mode():
         wp = controller.mapping(z, c)
-        bias = loop.reach[0] if loop.reach is not None else torch.zeros(len(loop.weights))
-        origin = linear_reading(wp, loop.weights, bias, loop.layer_mask)
+        origin = None if loop.reach is None else linear_reading(wp, loop.weights, loop.reach[0], loop.layer_mask)
 
         def draw(codes):
             images = controller.draw(codes)

@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from vhuman.conditional import ConditionalGenerator, load_conditional_generator
 from vhuman.directions import load_directions
+from vhuman.io import to_uint8
 from vhuman.judging import judged_control
+from vhuman.properties import measure_properties
 from vhuman.synthetic import HAIR_COLOR_RANGE, NUISANCE_NAMES, PARAM_INDEX, background_light_range
 from vhuman.vocabulary import CUTOFFS, DEFAULT_CUTOFF, PROPERTY_NAMES, RANGES
 
@@ -166,6 +168,13 @@ def sweep_bounds(table, percentiles: list[float] | None) -> dict[str, tuple[floa
         else:
             bounds[name] = tuple(float(v) for v in np.percentile(values, percentiles))
     return bounds
+
+
+def measured_properties(parser, images: torch.Tensor) -> np.ndarray:
+    """The workflow's own measurement of drawn faces: ``parser`` (vhuman.segmentation.Parser) and the properties
+    stage on ``images`` [N, 3, H, W] in [-1, 1]; [N, P] in PROPERTY_NAMES order, NaN where a region is missing."""
+    pixels = to_uint8(images)
+    return measure_properties(parser(pixels), pixels)[list(PROPERTY_NAMES)].to_numpy()
 
 
 def sweep_requests(

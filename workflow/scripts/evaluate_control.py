@@ -1,10 +1,10 @@
 import pandas as pd
 import torch
 
-from vhuman.evaluation import controllers_to_compare, evaluate, independent_judges, sweep_bounds
+from vhuman.evaluation import controllers_to_compare, evaluate, independent_judges, measured_properties, sweep_bounds
 from vhuman.gender import load_ensemble, predict_images
-from vhuman.io import logging_to, to_uint8, write_json
-from vhuman.properties import measure_properties, property_matrix
+from vhuman.io import logging_to, write_json
+from vhuman.properties import property_matrix
 from vhuman.runtime import pick_device, precision_scope
 from vhuman.segmentation import Parser
 from vhuman.vocabulary import PROPERTY_NAMES
@@ -19,9 +19,7 @@ with logging_to(snakemake.log[0]), precision_scope(pick_device(snakemake.params.
     gender = load_ensemble(snakemake.input.gender_cnn)
 
     def measure(images):
-        pixels = to_uint8(images)
-        table = measure_properties(parser(pixels), pixels)
-        return table[list(PROPERTY_NAMES)].to_numpy()
+        return measured_properties(parser, images)
 
     def female(images):
         return predict_images(gender, images, snakemake.params.gender_input_size)[:, 0] >= 0.5
